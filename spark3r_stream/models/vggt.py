@@ -1,0 +1,215 @@
+"""VGGT: DINOv2 encoder, alternating frame/global attention aggregator, camera head and DPT heads.
+
+Matches facebookresearch/vggt@44b3afb vggt/models/{vggt,aggregator}.py (reference_vggt.md); state-dict keys
+are the official ones, so VGGT-1B checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from spark3r_stream.models.heads import CameraHead, DPTHead, TrackHead
+from spark3r_stream.models.layers import Block, DinoVisionTransformer, RotaryEmbedding2D, TokenLayout, grid_positions
+from spark3r_stream.models.targets import ReductionTargets, map_sensitive_layers
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """DINOv2 ViT with registers (VGGT-1B: ViT-L/14, 4 registers)."""
+
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    ffn_layer: str = "mlp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VGGTConfig:
+    img_size: int = 518
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24  # frame/global block pairs
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qk_norm: bool = True
+    rope_freq: float = 100.0
+    init_values: float = 0.01
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_iterations: int = 4
+    dpt_features: int = 256
+    dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+    dpt_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    enable_camera: bool = True
+    enable_depth: bool = True
+    enable_point: bool = True
+    enable_track: bool = True
+
+    @property
+    def num_special_tokens(self) -> int:
+        return 1 + self.num_register_tokens  # camera + registers
+
+
+def reduction_targets(cfg: VGGTConfig) -> ReductionTargets:
+    return ReductionTargets(
+        global_attention=tuple(f"aggregator.global_blocks.{i}.attn" for i in range(cfg.depth)),
+        special_tokens_per_frame=cfg.num_special_tokens,
+        reference_frame=0,  # frame 0 has its own camera/register tokens and defines the world frame
+        sensitive_layers=map_sensitive_layers(range(11, 17), 24, cfg.depth),  # Spark3R §IV-D, VGGT 11–16 of 24
+    )
+
+
+def _first_and_rest(token: torch.Tensor, B: int, S: int) -> torch.Tensor:
+    """[1, 2, X, C] -> [B*S, X, C]: slot 0 for frame 0, slot 1 for frames 1..S-1 (what makes frame 0 the reference)."""
+    first = token[:, :1].expand(B, 1, *token.shape[2:])
+    rest = token[:, 1:].expand(B, S - 1, *token.shape[2:])
+    return torch.cat([first, rest], dim=1).reshape(B * S, *token.shape[2:])
+
+
+class Aggregator(nn.Module):
+    def __init__(self, cfg: VGGTConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        enc = cfg.encoder
+        self.patch_size = cfg.patch_size
+        self.patch_start_idx = cfg.num_special_tokens
+        self.patch_embed = DinoVisionTransformer(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=enc.embed_dim, depth=enc.depth,
+            num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio, num_register_tokens=enc.num_register_tokens,
+            ffn_layer=enc.ffn_layer, init_values=1.0, **kw,
+        )
+        self.rope = RotaryEmbedding2D(cfg.rope_freq) if cfg.rope_freq > 0 else None
+        block_kw = dict(mlp_ratio=cfg.mlp_ratio, init_values=cfg.init_values, qk_norm=cfg.qk_norm, rope=self.rope, **kw)
+        self.frame_blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, **block_kw) for _ in range(cfg.depth))
+        self.global_blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, **block_kw) for _ in range(cfg.depth))
+        self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, cfg.embed_dim, **kw))
+        self.register_token = nn.Parameter(torch.zeros(1, 2, cfg.num_register_tokens, cfg.embed_dim, **kw))
+        self.register_buffer("_resnet_mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1), persistent=False)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-frame encoder: images [B, S, 3, H, W] in [0, 1] -> patch tokens [B, S, h*w, C].
+
+        Exact per frame, so the reconstruction node caches it per keyframe across re-runs of a window.
+        """
+        B, S = images.shape[:2]
+        x = ((images - self._resnet_mean) / self._resnet_std).reshape(B * S, *images.shape[2:])
+        tokens = self.patch_embed(x)
+        return tokens.view(B, S, *tokens.shape[1:])
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        patch_tokens: torch.Tensor | None = None,
+        keep_layers: set[int] | None = None,
+    ) -> tuple[list[torch.Tensor | None], int]:
+        """Alternating attention.
+
+        Args:
+            images: [B, S, 3, H, W] in [0, 1] (only the shape is read when `patch_tokens` is given).
+            patch_tokens: cached `encode(images)` output [B, S, h*w, C].
+            keep_layers: layer outputs to keep (the ones heads read); None keeps all (debugging, parity).
+
+        Returns:
+            (list over layers of concat(frame_i, global_i) [B, S, P, 2C] or None where not kept, patch_start_idx).
+        """
+        B, S, _, H, W = images.shape
+        h, w = H // self.patch_size, W // self.patch_size
+        if patch_tokens is None:
+            patch_tokens = self.encode(images)
+        patch_tokens = patch_tokens.reshape(B * S, h * w, -1)
+        C = patch_tokens.shape[-1]
+        tokens = torch.cat(
+            [_first_and_rest(self.camera_token, B, S), _first_and_rest(self.register_token, B, S), patch_tokens], dim=1
+        )
+        P = tokens.shape[1]
+        pos = grid_positions(B * S, h, w, self.patch_start_idx, device=images.device)
+        global_pos = pos.reshape(B, S * P, 2)
+        layout = TokenLayout(num_frames=S, tokens_per_frame=P, num_special=self.patch_start_idx, grid_hw=(h, w))
+        outputs: list[torch.Tensor | None] = []
+        for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
+            tokens = frame_block(tokens.view(B * S, P, C), pos=pos)
+            frame_out = tokens.view(B, S, P, C)
+            tokens = global_block(tokens.view(B, S * P, C), pos=global_pos, layout=layout)
+            if keep_layers is None or i in keep_layers:
+                outputs.append(torch.cat([frame_out, tokens.view(B, S, P, C)], dim=-1))
+            else:
+                outputs.append(None)
+        return outputs, self.patch_start_idx
+
+
+class VGGT(nn.Module):
+    def __init__(self, cfg: VGGTConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.config = cfg
+        dim_in = 2 * cfg.embed_dim
+        dpt_kw = dict(patch_size=cfg.patch_size, features=cfg.dpt_features, out_channels=cfg.dpt_out_channels,
+                      intermediate_layer_idx=cfg.dpt_layers, **kw)
+        self.aggregator = Aggregator(cfg, **kw)
+        self.camera_head = (
+            CameraHead(dim_in, trunk_depth=cfg.camera_trunk_depth, num_heads=cfg.camera_num_heads,
+                       mlp_ratio=cfg.mlp_ratio, num_iterations=cfg.camera_iterations, **kw)
+            if cfg.enable_camera else None
+        )
+        self.point_head = DPTHead(dim_in, output_dim=4, activation="inv_log", **dpt_kw) if cfg.enable_point else None
+        self.depth_head = DPTHead(dim_in, output_dim=2, activation="exp", **dpt_kw) if cfg.enable_depth else None
+        self.track_head = TrackHead(dim_in, patch_size=cfg.patch_size, **kw) if cfg.enable_track else None
+
+    @property
+    def head_layers(self) -> set[int]:
+        """Aggregator layers the heads read (VGGT-1B: 4, 11, 17, 23): the only ones kept in memory."""
+        return set(self.config.dpt_layers) | {self.config.depth - 1}
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        patch_tokens: torch.Tensor | None = None,
+        dense_frames: torch.Tensor | None = None,
+        return_all_layers: bool = False,
+    ) -> dict:
+        """Official VGGT outputs.
+
+        Args:
+            images: [S, 3, H, W] or [B, S, 3, H, W] in [0, 1]; H, W multiples of the patch size.
+            patch_tokens: cached encoder output for these frames (see `Aggregator.encode`).
+            dense_frames: frames whose depth/points are decoded (default all); the camera head always sees all.
+            return_all_layers: also return every aggregator layer as `aggregator_tokens` (debugging, parity).
+        """
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        tokens, patch_start_idx = self.aggregator(
+            images, patch_tokens=patch_tokens, keep_layers=None if return_all_layers else self.head_layers
+        )
+        tokens = [t.float() if t is not None else None for t in tokens]
+        image_hw = tuple(images.shape[-2:])
+        predictions: dict = {}
+        # heads in float32 even under bf16 autocast, as the official forward does
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            if self.camera_head is not None:
+                pose_enc_list = self.camera_head(tokens)
+                predictions["pose_enc"] = pose_enc_list[-1]
+                predictions["pose_enc_list"] = pose_enc_list
+            if self.depth_head is not None:
+                predictions["depth"], predictions["depth_conf"] = self.depth_head(
+                    tokens, image_hw, patch_start_idx, frames=dense_frames)
+            if self.point_head is not None:
+                predictions["world_points"], predictions["world_points_conf"] = self.point_head(
+                    tokens, image_hw, patch_start_idx, frames=dense_frames)
+        if not self.training:
+            predictions["images"] = images
+        if return_all_layers:
+            predictions["aggregator_tokens"] = tokens
+        return predictions
