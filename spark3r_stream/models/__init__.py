@@ -1,6 +1,7 @@
 """Backbones (VGGT, π³, Depth-Anything-3) on one shared layer set, with official key names and conversions."""
 
 from spark3r_stream.models.checkpoint import load_weights
+from spark3r_stream.models.outputs import Prediction, predict
 from spark3r_stream.models.registry import (
     PRESETS,
     build_model,
@@ -11,6 +12,8 @@ from spark3r_stream.models.registry import (
 
 __all__ = [
     "PRESETS",
+    "Prediction",
+    "predict",
     "build_model",
     "list_models",
     "load_weights",
