@@ -56,7 +56,8 @@ def encode(msg: Any, seq: int, *, node: str = "", t_sent: float | None = None) -
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{mt.cls.__name__}.{name}: expected numpy array, got {type(arr).__name__}")
         # Native byte order and C order, so the receiver can view the bytes directly (copies only if needed).
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+        if not (arr.flags.c_contiguous and arr.dtype.isnative):
+            arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
         problem = spec.problem(arr.dtype.name, arr.shape)
         if problem:
             raise ValueError(f"{mt.cls.__name__}.{name}: {problem[1]}")

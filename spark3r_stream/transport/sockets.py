@@ -79,7 +79,6 @@ class _Output:
     seq: int = 0
     num_sent: int = 0  # data messages
     eos_sent: bool = False
-    snapshot: Callable[[], Any] | None = None
     subscribers: int = 0
 
 
@@ -122,6 +121,7 @@ class NodeLoop:
         self._context = context
         self._handlers: dict[str, Callable[[Any], Any]] = {}
         self._end_handlers: list[Callable[[], Any]] = []
+        self._snapshots: dict[str, Callable[[], Any]] = {}
         self._inputs: dict[str, _Input] = {}
         self._outputs: dict[str, _Output] = {}
         self._routes: dict[str, list[str]] = {}
@@ -265,10 +265,12 @@ class NodeLoop:
 
     def on_subscribe(self, edge: str, snapshot: Callable[[], Any]) -> None:
         """On a fanout output: when a subscriber joins, publish `snapshot()` (a message, iterable, or None)."""
-        out = self._output(edge)
-        if out.endpoint.kind != "fanout":
-            raise ConfigError(f"node {self.name!r}: on_subscribe needs a fanout edge, {edge!r} is {out.endpoint.kind}")
-        out.snapshot = snapshot
+        kinds = {e.edge: e.kind for e in self.endpoints if e.direction == "out"}
+        if kinds.get(edge) != "fanout":
+            raise ConfigError(
+                f"node {self.name!r}: on_subscribe needs a fanout output edge; {edge!r} is {kinds.get(edge, 'not an output')}"
+            )
+        self._snapshots[edge] = snapshot
 
     # ------------------------------------------------------------------ sending
     def send(self, msg: Any, edge: str | None = None, *, track: bool = False) -> Any:
@@ -357,7 +359,7 @@ class NodeLoop:
             while not (self._stop or self._finished):
                 if max_polls is not None and polls >= max_polls:
                     return 0
-                if not self._inputs and not any(o.snapshot for o in self._outputs.values()):
+                if not self._inputs and not self._snapshots:
                     break
                 self.poll_once(self.poll_ms)
                 polls += 1
@@ -406,7 +408,11 @@ class NodeLoop:
     def _dispatch(self, inp: _Input, msg: Any, header: dict[str, Any]) -> None:
         topic = header["type"]
         src = header["node"]
-        up = inp.upstreams.setdefault(src, _Upstream())
+        if src not in inp.upstreams:
+            # Senders count seq from 0, so on point-to-point edges a first seq > 0 means earlier messages were
+            # dropped (latest-wins) or lost; a fanout subscriber may join at any seq.
+            inp.upstreams[src] = _Upstream(last_seq=None if inp.endpoint.kind == "fanout" else -1)
+        up = inp.upstreams[src]
         if up.last_seq is not None and header["seq"] > up.last_seq + 1:
             missing = header["seq"] - up.last_seq - 1
             up.gaps += missing
@@ -494,11 +500,11 @@ class NodeLoop:
                 out.subscribers = max(out.subscribers - 1, 0)
         if joined:
             self.counters[f"subscribed.{out.endpoint.edge}"] += joined
-            if out.snapshot is not None:
+            if out.endpoint.edge in self._snapshots:
                 self._send_snapshot(out)
 
     def _send_snapshot(self, out: _Output) -> None:
-        result = out.snapshot() if out.snapshot is not None else None
+        result = self._snapshots[out.endpoint.edge]()
         items = [] if result is None else [result] if hasattr(type(result), "TOPIC") else list(result)
         for item in items:
             self._send_on(out, item, message_type(item).topic)

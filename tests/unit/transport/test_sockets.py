@@ -1,0 +1,211 @@
+"""NodeLoop with real zmq sockets over ipc in one process: delivery kinds, end-of-stream, signals, snapshots.
+
+Every wait is a bounded poll; no sleeps, no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from spark3r_stream.errors import SourceError
+from spark3r_stream.transport import EndOfStream, Frame, Keyframe, MapUpdate, NodeLoop, make_endpoint
+
+MAX_POLLS = 200  # bound on every wait loop (each poll returns as soon as something arrives)
+
+
+def frame(seq: int, size: tuple[int, int] = (24, 32)) -> Frame:
+    image = np.full((*size, 3), seq % 256, dtype=np.uint8)
+    return Frame(frame_seq=seq, t_capture=seq / 30, image=image, source_id="test")
+
+
+def ep(edge, direction, ipc_dir, **kw):
+    return make_endpoint(edge, direction, run_dir=ipc_dir, **kw)
+
+
+def poll_until(loop: NodeLoop, done, max_polls: int = MAX_POLLS) -> None:
+    for _ in range(max_polls):
+        if done():
+            return
+        loop.poll_once(100)
+    raise AssertionError(f"condition not met after {max_polls} polls; counters {dict(loop.counters)}")
+
+
+def test_lossless_slow_consumer_receives_every_seq_in_order(ctx, ipc_dir):
+    """The producer blocks at the HWM (backpressure) while the consumer is not reading; nothing is lost."""
+    num = 60
+    got: list[int] = []
+    consumer = NodeLoop("consumer", [ep("frames", "in", ipc_dir, hwm=1)], context=ctx, handle_signals=False)
+    producer = NodeLoop("producer", [ep("frames", "out", ipc_dir, hwm=1)], context=ctx, handle_signals=False)
+    consumer.on(Frame, lambda f: got.append(f.frame_seq))
+    with consumer, producer:
+        thread = threading.Thread(target=producer.run, args=([frame(i, (240, 320)) for i in range(num)],))
+        thread.start()
+        for _ in range(MAX_POLLS):  # consumer reads nothing until the producer has had to wait for credit
+            if producer.counters["send_waits.frames"] > 0 or not thread.is_alive():
+                break
+            thread.join(0.05)
+        assert producer.counters["send_waits.frames"] > 0, "the producer never hit the HWM"
+        assert len(got) == 0
+        for _ in range(MAX_POLLS * 5):  # slow consumer: one message per poll
+            if consumer.is_finished:
+                break
+            consumer.poll_once(100)
+        thread.join(10)
+    assert not thread.is_alive()
+    assert got == list(range(num))
+    report = consumer.report()
+    assert report["inputs"]["frames"]["upstreams"]["producer"] == {
+        "received": num,
+        "num_sent": num,
+        "missing": 0,
+        "seq_gaps": 0,
+    }
+    assert consumer.counters["lost.frames"] == 0
+    assert producer.counters["sent.frame"] == num and producer.counters["dropped.unsent"] == 0
+    json.dumps(report)
+
+
+def test_latest_wins_keeps_the_newest_and_counts_what_it_dropped(ctx, ipc_dir):
+    num = 30
+    got: list[int] = []
+    consumer = NodeLoop("viewer", [ep("frames", "in", ipc_dir, kind="latest")], context=ctx, handle_signals=False)
+    camera = NodeLoop("camera", [ep("frames", "out", ipc_dir, kind="latest")], context=ctx, handle_signals=False)
+    consumer.on(Frame, lambda f: got.append(f.frame_seq))
+    with consumer, camera:
+        poll_until(camera, lambda: camera.send(frame(-1 % 256, (480, 640))) is True)  # first peer connection
+        got.clear()
+        sent_before = camera.counters["sent.frame"]
+        for i in range(num):  # a camera never blocks: 640x480 frames, consumer not reading
+            assert camera.send(frame(i, (480, 640))) is True
+        poll_until(consumer, lambda: num - 1 in got)
+        camera.end_stream()
+        poll_until(consumer, lambda: consumer.is_finished)
+    upstream = consumer.report()["inputs"]["frames"]["upstreams"]["camera"]
+    received = upstream["received"]
+    assert got[-1] == num - 1 and got == sorted(got)
+    assert upstream["num_sent"] == sent_before + num
+    dropped = consumer.counters["dropped.stale"]
+    assert received + dropped == upstream["num_sent"]  # every frame accounted for: received or superseded
+    assert dropped >= num - 5  # at most a few 0.9 MB frames fit in flight (conflate slots + kernel buffer)
+
+
+def test_end_of_stream_propagates_through_a_middle_node_after_on_end(ctx, ipc_dir):
+    source = NodeLoop("capture", [ep("frames", "out", ipc_dir)], context=ctx, handle_signals=False)
+    middle = NodeLoop(
+        "keyframes", [ep("frames", "in", ipc_dir), ep("keyframes", "out", ipc_dir)], context=ctx, handle_signals=False
+    )
+    sink = NodeLoop("reconstruction", [ep("keyframes", "in", ipc_dir)], context=ctx, handle_signals=False)
+    kept: list[int] = []
+    eos: list[EndOfStream] = []
+    middle.on(
+        Frame,
+        lambda f: (
+            Keyframe(keyframe_id=f.frame_seq // 2, frame_seq=f.frame_seq, t_capture=f.t_capture, image=f.image)
+            if f.frame_seq % 2 == 0
+            else None
+        ),
+    )
+    middle.on_end(lambda: [Keyframe(keyframe_id=99, frame_seq=9, t_capture=0.3, image=np.zeros((2, 2, 3), np.uint8))])
+    sink.on(Keyframe, lambda k: kept.append(k.keyframe_id))
+    sink.on(EndOfStream, eos.append)
+    with source, middle, sink:
+        assert source.run([frame(i) for i in range(10)]) == 0  # sends 10 frames, then end-of-stream
+        poll_until(middle, lambda: middle.is_finished)
+        poll_until(sink, lambda: sink.is_finished)
+    assert kept == [0, 1, 2, 3, 4, 99]
+    assert [(e.node, e.num_sent) for e in eos] == [("keyframes", 6)]
+    assert middle.counters["recv.frame"] == 10 and middle.counters["sent.keyframe"] == 6
+    assert sink.counters["lost.keyframes"] == 0
+
+
+def test_fanout_late_subscriber_gets_a_snapshot_of_the_current_state(ctx, ipc_dir):
+    state = {"ids": (0, 1)}
+    fusion = NodeLoop("fusion", [ep("map", "out", ipc_dir)], context=ctx, handle_signals=False)
+    fusion.on_subscribe(
+        "map",
+        lambda: MapUpdate(
+            keyframe_ids=state["ids"], world_from_cam=np.tile(np.eye(4), (len(state["ids"]), 1, 1)), is_snapshot=True
+        ),
+    )
+    with fusion:
+        fusion.send(MapUpdate(keyframe_ids=(0,), world_from_cam=np.eye(4)[None]))  # nobody listens yet: gone
+        state["ids"] = (0, 1, 2)
+        viewer = NodeLoop("viewer", [ep("map", "in", ipc_dir)], context=ctx, handle_signals=False)
+        updates: list[MapUpdate] = []
+        viewer.on(MapUpdate, updates.append)
+        with viewer:
+            for _ in range(MAX_POLLS):
+                fusion.poll_once(10)
+                viewer.poll_once(10)
+                if updates:
+                    break
+            assert [(u.keyframe_ids, u.is_snapshot) for u in updates] == [((0, 1, 2), True)]
+            fusion.send(MapUpdate(keyframe_ids=(3,), world_from_cam=np.eye(4)[None]))
+            poll_until(viewer, lambda: len(updates) == 2)
+        assert updates[1].keyframe_ids == (3,)
+        assert fusion.counters["subscribed.map"] == 1 and fusion.counters["snapshots.map"] == 1
+
+
+def test_sigint_stops_the_loop_and_still_reports_what_was_sent(ctx, ipc_dir):
+    sink = NodeLoop("sink", [ep("frames", "in", ipc_dir)], context=ctx, handle_signals=False)
+    capture = NodeLoop("capture", [ep("frames", "out", ipc_dir)], context=ctx)
+    previous = signal.getsignal(signal.SIGINT)
+
+    def frames():
+        for i in range(100):
+            if i == 5:
+                signal.raise_signal(signal.SIGINT)  # as Ctrl-C or the launcher would
+            yield frame(i)
+
+    with sink, capture:
+        assert signal.getsignal(signal.SIGINT) != previous
+        assert capture.run(frames()) == 0
+        assert capture.stop_reason == "SIGINT"
+        poll_until(sink, lambda: sink.is_finished)
+    assert signal.getsignal(signal.SIGINT) == previous  # restored on exit
+    assert sink.counters["recv.frame"] == 5
+    assert sink.report()["inputs"]["frames"]["upstreams"]["capture"]["num_sent"] == 5
+
+
+def test_handler_rejecting_a_message_is_counted_and_the_loop_serves_on(ctx, ipc_dir, caplog):
+    sink = NodeLoop("sink", [ep("frames", "in", ipc_dir)], context=ctx, handle_signals=False)
+    src = NodeLoop("src", [ep("frames", "out", ipc_dir)], context=ctx, handle_signals=False)
+    seen: list[int] = []
+
+    def handle(f: Frame) -> None:
+        if f.frame_seq == 1:
+            raise SourceError("frame 1 of test: unusable")
+        seen.append(f.frame_seq)
+
+    sink.on(Frame, handle)
+    with sink, src:
+        for i in range(3):
+            src.send(frame(i))
+        poll_until(sink, lambda: len(seen) == 2)
+    assert seen == [0, 2]
+    assert sink.counters["dropped.handler_error"] == 1
+    assert "frame 1 of test: unusable" in caplog.text
+
+
+def test_sending_a_type_without_an_output_names_the_node_and_topic(ctx, ipc_dir):
+    from spark3r_stream.errors import ConfigError
+
+    with NodeLoop("capture", [ep("frames", "out", ipc_dir)], context=ctx, handle_signals=False) as loop:
+        with pytest.raises(ConfigError, match="node 'capture' has no output for 'map_update' messages"):
+            loop.send(MapUpdate(keyframe_ids=(), world_from_cam=np.zeros((0, 4, 4))))
+
+
+def test_heartbeats_reach_downstream_peers(ctx, ipc_dir):
+    sink = NodeLoop("sink", [ep("frames", "in", ipc_dir)], context=ctx, handle_signals=False)
+    src = NodeLoop("src", [ep("frames", "out", ipc_dir)], context=ctx, handle_signals=False, heartbeat_s=0.0)
+    with sink, src:
+        src.send(frame(0))
+        src.poll_once(0)  # tick: heartbeat due immediately
+        poll_until(sink, lambda: "src" in sink.peers)
+    assert sink.peers["src"]["counters"]["sent.frame"] == 1.0
+    assert sink.counters["recv.heartbeat"] >= 1 and sink.counters["recv.frame"] == 1
