@@ -99,8 +99,9 @@ def apply_transform(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
 def rotation_angle_deg(rotation: np.ndarray) -> np.ndarray:
     """Rotation angle in degrees of rotation matrices [..., 3, 3] (0 for the identity, at most 180)."""
     rotation = np.asarray(rotation, dtype=np.float64)
-    cos = (np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    # via quaternions, not arccos((trace - 1) / 2): arccos loses half the digits near 0 degrees
+    angles = Rotation.from_matrix(rotation.reshape(-1, 3, 3)).magnitude()
+    return np.degrees(angles).reshape(rotation.shape[:-2])
 
 
 def umeyama_sim3(
