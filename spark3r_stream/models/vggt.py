@@ -179,6 +179,7 @@ class VGGT(nn.Module):
         patch_tokens: torch.Tensor | None = None,
         dense_frames: torch.Tensor | None = None,
         return_all_layers: bool = False,
+        return_tokens: bool = False,
     ) -> dict:
         """Official VGGT outputs.
 
@@ -186,7 +187,8 @@ class VGGT(nn.Module):
             images: [S, 3, H, W] or [B, S, 3, H, W] in [0, 1]; H, W multiples of the patch size.
             patch_tokens: cached encoder output for these frames (see `Aggregator.encode`).
             dense_frames: frames whose depth/points are decoded (default all); the camera head always sees all.
-            return_all_layers: also return every aggregator layer as `aggregator_tokens` (debugging, parity).
+            return_all_layers: keep every aggregator layer, returned as `aggregator_tokens` (debugging, parity).
+            return_tokens: return the kept aggregator layers as `aggregator_tokens` (training auxiliaries).
         """
         if images.dim() == 4:
             images = images.unsqueeze(0)
@@ -210,6 +212,6 @@ class VGGT(nn.Module):
                     tokens, image_hw, patch_start_idx, frames=dense_frames)
         if not self.training:
             predictions["images"] = images
-        if return_all_layers:
+        if return_all_layers or return_tokens:
             predictions["aggregator_tokens"] = tokens
         return predictions

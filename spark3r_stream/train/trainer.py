@@ -1,0 +1,165 @@
+"""Resumable training of a VGGT-architecture preset on rendered scenes (`spark3r train --preset vggt-tiny`).
+
+Recipe (research/tiny_model_training.md, study 2, plus a curriculum): visible-motion clips, high-contrast textures,
+camera + confidence-weighted depth + dense world-point losses and a per-patch correspondence auxiliary; AdamW,
+warm-up, constant peak lr, cosine decay over the last part; bf16 autocast on the CPU; gradient clip 5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from spark3r_stream.models import build_model
+from spark3r_stream.train.data import ScenePool, make_batch
+from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, confident_regression, correspondence_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step."""
+
+    start_step: int
+    clip_len: int
+    num_clips: int
+    max_gap: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    preset: str = "vggt-tiny"
+    total_steps: int = 4_500
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    decay_fraction: float = 0.25  # cosine decay over the last quarter; constant peak before
+    grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
+    camera_weight: float = 5.0
+    depth_weight: float = 1.0
+    points_weight: float = 1.0
+    correspondence_weight: float = 1.0
+    curriculum: tuple[Stage, ...] = (
+        Stage(start_step=0, clip_len=2, num_clips=24, max_gap=3),
+        Stage(start_step=1_500, clip_len=4, num_clips=12, max_gap=2),
+        Stage(start_step=3_000, clip_len=8, num_clips=6, max_gap=2),
+    )
+    pool_size: int = 192
+    pool_frames: int = 32
+    step_m: float = 0.12
+    turn_deg: float = 3.0
+    seed: int = 1
+    checkpoint_every: int = 250
+    bf16: bool = True
+    num_threads: int = 2
+    out_dir: str = "checkpoints/vggt-tiny"
+    schedule_total_steps: int | None = None  # lr schedule length if different from total_steps (run in parts)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {"vggt-tiny": TrainConfig()}
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    total = cfg.schedule_total_steps or cfg.total_steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_start = int(total * (1 - cfg.decay_fraction))
+    if step < decay_start:
+        return cfg.lr
+    progress = min((step - decay_start) / max(total - decay_start, 1), 1.0)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def stage_at(cfg: TrainConfig, step: int) -> Stage:
+    return [s for s in cfg.curriculum if s.start_step <= step][-1]
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
+    """Model weights as safetensors (what the package ships), float32."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+
+
+def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = None) -> Path:
+    """Train (or resume) until `cfg.total_steps` or `max_minutes`; returns the state file path."""
+    torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.pt"
+    model = build_model(cfg.preset, random_weights=True).train()
+    aux = CorrespondenceHead(2 * model.config.embed_dim)
+    params = list(model.parameters()) + list(aux.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        aux.load_state_dict(state["aux"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log.info("resumed %s at step %d", state_path, step)
+    rng = np.random.default_rng(cfg.seed * 7919 + step)
+    pool = ScenePool(size=cfg.pool_size, frames=cfg.pool_frames, image_size=model.config.img_size,
+                     first_seed=cfg.seed * 100_000 + step * 2, step_m=cfg.step_m, turn_deg=cfg.turn_deg)
+    log_file = (out / "loss_log.jsonl").open("a")
+    start = time.perf_counter()
+    running: dict[str, float] = {}
+
+    def checkpoint() -> None:
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "config": json.dumps(asdict(cfg), default=str)}, tmp)
+        tmp.replace(state_path)
+        save_weights(model, out / "weights.safetensors", {"step": step, "preset": cfg.preset})
+
+    try:
+        while step < cfg.total_steps:
+            if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
+                break
+            stage = stage_at(cfg, step)
+            batch = make_batch(pool, rng, stage.num_clips, stage.clip_len, stage.max_gap)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                out_dict = model(batch.images, return_tokens=True)
+                pred_uv = aux(out_dict["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
+            losses = {
+                "camera": camera_loss([p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc),
+                "depth": confident_regression(out_dict["depth"][..., 0], out_dict["depth_conf"], batch.depth, batch.valid),
+                "points": confident_regression(out_dict["world_points"], out_dict["world_points_conf"],
+                                               batch.world_points, batch.valid),
+                "correspondence": correspondence_loss(pred_uv.float(), batch),
+            }
+            total = (cfg.camera_weight * losses["camera"] + cfg.depth_weight * losses["depth"]
+                     + cfg.points_weight * losses["points"] + cfg.correspondence_weight * losses["correspondence"])
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            record = {k: v.item() for k, v in losses.items()} | {"total": total.item(), "grad_norm": grad_norm.item()}
+            for k, v in record.items():
+                running[k] = 0.9 * running.get(k, v) + 0.1 * v
+            if step % 25 == 0:
+                log_file.write(json.dumps({"step": step, "lr": learning_rate(cfg, step), "clip_len": stage.clip_len,
+                                           "step_s": round(time.perf_counter() - t0, 3), **record}) + "\n")
+                log_file.flush()
+                log.info("step %d clip %d lr %.2e %s", step, stage.clip_len, learning_rate(cfg, step),
+                         " ".join(f"{k} {v:.4f}" for k, v in running.items()))
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+    finally:
+        checkpoint()
+        log_file.close()
+    return state_path
