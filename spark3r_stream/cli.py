@@ -1,0 +1,120 @@
+"""`spark3r` console script: argparse subcommands that call the library, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from spark3r_stream.errors import Spark3RError
+
+log = logging.getLogger("spark3r")
+BENCHMARKS = ("attention", "backbone", "fidelity", "transport", "pipeline", "profile", "quality")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from spark3r_stream.offline import InferOptions, run_inference
+
+    options = InferOptions(model=args.model, weights=args.weights, random_weights=args.random_weights,
+                           spark3r=args.spark3r, spark3r_config=args.spark3r_config, mode=args.mode,
+                           device=args.device, conf_percentile=args.conf_percentile, save_rrd=not args.no_rrd)
+    report = run_inference(args.inputs, Path(args.out), options)
+    print(f"wrote {args.out} ({report['counters']['frames']} frames, forward {report['timings_ms']['forward']:.0f} ms)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from spark3r_stream.train.trainer import TRAIN_PRESETS, train
+
+    if args.preset not in TRAIN_PRESETS:
+        raise Spark3RError(f"train preset {args.preset!r}: unknown; choose one of {', '.join(TRAIN_PRESETS)}")
+    overrides = {k: v for k, v in (("total_steps", args.steps), ("out_dir", args.out)) if v is not None}
+    cfg = dataclasses.replace(TRAIN_PRESETS[args.preset], **overrides)
+    state = train(cfg, resume=not args.fresh, max_minutes=args.minutes)
+    print(f"training state in {state}; weights in {state.parent / 'weights.safetensors'}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from spark3r_stream.synth import export_tum_folder, render_sequence
+
+    sequence = render_sequence(args.seed, args.frames, height=args.height, width=args.width, path=args.path)
+    out = export_tum_folder(sequence, args.out_dir)
+    print(f"wrote {sequence.num_frames} frames of seed {args.seed} ({args.path}) to {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"benchmarks.bench_{args.name}")
+    return int(module.main(args.bench_args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spark3r", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("infer", help="reconstruct a set of images offline: depth, cameras, points, .rrd")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--model", default="vggt-tiny")
+    p.add_argument("--weights", help="checkpoint path or Hugging Face repo id (required for presets without shipped weights)")
+    p.add_argument("--random-weights", action="store_true", help="smoke test only: run with untrained weights")
+    p.add_argument("--spark3r", action=argparse.BooleanOptionalAction, default=True, help="Spark3R token reduction")
+    p.add_argument("--spark3r-config", help="Spark3R preset YAML (configs/spark3r/*.yaml)")
+    p.add_argument("--mode", default="crop", choices=["crop", "pad"], help="official preprocessing mode")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
+    p.add_argument("--conf-percentile", type=float, default=50.0, help="drop points below this confidence percentile")
+    p.add_argument("--no-rrd", action="store_true", help="do not write recording.rrd")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("train", help="train (or resume) a small model on rendered scenes")
+    p.add_argument("--preset", default="vggt-tiny")
+    p.add_argument("--steps", type=int, help="total steps (default: the preset's)")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (resume later)")
+    p.add_argument("--out", help="checkpoint folder (default: checkpoints/<preset>)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("synth", help="synthetic sequences with ground truth")
+    synth = p.add_subparsers(dest="synth_command", required=True)
+    e = synth.add_parser("export", help="write a TUM-RGB-D-style folder")
+    e.add_argument("out_dir")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--frames", type=int, default=60)
+    e.add_argument("--height", type=int, default=112)
+    e.add_argument("--width", type=int, default=112)
+    e.add_argument("--path", default="handheld", choices=["handheld", "orbit", "forward", "loop"])
+    e.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (results in benchmarks/results/)")
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (e.g. --quick)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except Spark3RError as exc:
+        print(f"spark3r {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spark3r {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

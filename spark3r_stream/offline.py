@@ -1,0 +1,131 @@
+"""Offline reconstruction of a set of images (`spark3r infer`): one forward pass, everything written to a folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from spark3r_stream.errors import CheckpointError
+from spark3r_stream.models import Prediction, build_model, predict
+from spark3r_stream.models.preprocess import list_images, load_and_preprocess_images
+from spark3r_stream.models.registry import get_preset
+from spark3r_stream.report import RunReport, Stopwatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferOptions:
+    model: str = "vggt-tiny"
+    weights: str | None = None
+    random_weights: bool = False
+    spark3r: bool = True
+    spark3r_config: str | None = None
+    mode: str = "crop"
+    device: str = "auto"
+    conf_percentile: float = 50.0  # points below this confidence percentile are dropped from the PLY
+    save_rrd: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(options: InferOptions, device: torch.device) -> torch.nn.Module:
+    """The model of `options`; refuses to run an untrained preset unless random weights were asked for."""
+    preset = get_preset(options.model)
+    if options.weights is None and preset.weights.package_file is None and not options.random_weights:
+        hub = f" (e.g. --weights {preset.weights.hf_hub_id} when online)" if preset.weights.hf_hub_id else ""
+        raise CheckpointError(f"model {options.model!r} ships no weights: pass --weights PATH{hub}, "
+                              "or --random-weights for a smoke test")
+    model = build_model(options.model, weights=options.weights, random_weights=options.random_weights, device=device)
+    if options.spark3r:
+        from spark3r_stream.spark3r import Spark3RConfig, accelerate
+
+        config = Spark3RConfig.from_yaml(options.spark3r_config) if options.spark3r_config else None
+        accelerate(model, config)
+    return model
+
+
+def write_depth(out_dir: Path, names: Sequence[str], prediction: Prediction) -> float:
+    """16-bit PNG per frame (depth = png / scale) and an npz with depth and confidence; returns the scale."""
+    depth_dir = out_dir / "depth"
+    depth_dir.mkdir(parents=True, exist_ok=True)
+    scale = float(np.floor(65535 / max(float(prediction.depth.max()), 1e-6)))
+    for name, depth, conf in zip(names, prediction.depth, prediction.depth_conf):
+        stem = Path(name).stem
+        cv2.imwrite(str(depth_dir / f"{stem}.png"), np.clip(np.round(depth * scale), 0, 65535).astype(np.uint16))
+        np.savez_compressed(depth_dir / f"{stem}.npz", depth=depth, confidence=conf)
+    return scale
+
+
+def write_cameras(out_dir: Path, names: Sequence[str], prediction: Prediction, depth_scale: float) -> None:
+    from spark3r_stream.eval.trajectory import write_tum
+
+    write_tum(out_dir / "trajectory.tum", np.arange(prediction.num_frames, dtype=float), prediction.world_from_cam,
+              comment=f"spark3r infer {prediction.model}: camera-to-world, one line per input image in order")
+    cameras = [{"image": name, "world_from_cam": pose.tolist(), "intrinsics": K.tolist()}
+               for name, pose, K in zip(names, prediction.world_from_cam, prediction.intrinsics)]
+    (out_dir / "cameras.json").write_text(json.dumps({
+        "model": prediction.model, "image_hw": prediction.image_hw, "convention": "OpenCV, camera-to-world",
+        "depth_png_scale": depth_scale, "frames": cameras}, indent=1))
+
+
+def confident_points(prediction: Prediction, images: torch.Tensor, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """World points above the confidence percentile, with their colours (uint8)."""
+    colors = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    points, conf = prediction.world_points, prediction.points_conf
+    keep = conf >= np.percentile(conf, percentile)
+    return points[keep], colors[keep]
+
+
+def run_inference(inputs: Sequence[str], out_dir: Path, options: InferOptions) -> dict:
+    """Preprocess the images, run the model once, and write depth, cameras, a PLY, a .rrd and report.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = RunReport("infer", out_dir / "report.json")
+    report.set("config", asdict(options))
+    watch = Stopwatch()
+    try:
+        paths = list_images(inputs)
+        device = resolve_device(options.device)
+        target = get_preset(options.model).input_size
+        with watch("load_images"):
+            images = load_and_preprocess_images(paths, mode=options.mode, target_size=target)
+        with watch("load_model"):
+            model = load_model(options, device)
+        log.info("%d images %s -> %s on %s", len(paths), tuple(images.shape[-2:]), options.model, device)
+        prediction = predict(model, images)
+        names = [p.name for p in paths]
+        with watch("write"):
+            scale = write_depth(out_dir, names, prediction)
+            write_cameras(out_dir, names, prediction, scale)
+            points, colors = confident_points(prediction, images, options.conf_percentile)
+            from spark3r_stream.stream.global_map import write_ply
+
+            write_ply(out_dir / "points.ply", points, colors)
+            if options.save_rrd:
+                from spark3r_stream.viz.rerun_logger import log_prediction_to_rrd
+
+                log_prediction_to_rrd(out_dir / "recording.rrd", prediction, images, names)
+        report.data["timings_ms"] = watch.as_dict() | prediction.timings_ms
+        report.count("frames", len(paths))
+        report.count("points", len(points))
+        report.set("metadata", prediction.metadata)
+        for name in ("trajectory.tum", "cameras.json", "points.ply", "depth"):
+            report.output(name, out_dir / name)
+        report.finish("ok")
+    except Exception as exc:
+        report.finish("error", str(exc))
+        raise
+    finally:
+        report.write()
+    return report.data
