@@ -23,7 +23,7 @@ EXACT = 1e-9  # float64 round-off on O(1) quantities
 NOISY = 2e-2  # recovery error allowed with 1 cm Gaussian noise on 200 points in a ~2 m cloud
 
 
-def _known_sim3(seed: int = 0) -> tuple[float, np.ndarray, np.ndarray]:
+def _known_sim3() -> tuple[float, np.ndarray, np.ndarray]:
     rotation = Rotation.from_rotvec([0.3, -1.1, 0.7]).as_matrix()
     return 1.7, rotation, np.array([0.5, -2.0, 3.0])
 
