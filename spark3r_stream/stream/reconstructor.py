@@ -1,0 +1,148 @@
+"""WindowReconstructor: the reconstruction node's library side — keyframe store, encoder cache, one model call per window.
+
+Growing windows re-run the backbone on every keyframe of the window; two savings keep that cheap:
+- each keyframe's encoder output is cached across re-runs (the encoder is per frame, so this is exact);
+- the dense heads (linear in S) decode only the keyframes that need geometry: the new ones plus a small refresh
+  budget of the oldest-decoded ones; fusion keeps points per keyframe in its camera frame, so a pose update
+  needs no new depth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from spark3r_stream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconstructionConfig:
+    model: str = "vggt-tiny"
+    weights: str | None = None  # checkpoint path or hub id; None = the preset's shipped weights
+    random_weights: bool = False  # smoke tests only
+    device: str = "auto"
+    spark3r: bool = True
+    spark3r_config: str | None = None  # configs/spark3r/*.yaml; None = the paper's defaults
+    encoder_cache: bool = True
+    refresh_budget: int = 2  # older keyframes whose depth is re-decoded per run (oldest decode first)
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if self.refresh_budget < 0:
+            raise ConfigError(f"reconstruction.refresh_budget: expected int >= 0, got {self.refresh_budget}")
+
+
+@dataclass
+class WindowOutput:
+    """One run's result, in the frame of the window's first keyframe (fields mirror transport's WindowResult)."""
+
+    window_id: int
+    keyframe_ids: tuple[int, ...]
+    world_from_cam: np.ndarray  # [K, 4, 4] float64
+    intrinsics: np.ndarray  # [K, 3, 3] in model-input pixels
+    dense_keyframe_ids: tuple[int, ...]
+    depth: np.ndarray  # [K', H, W] float32
+    depth_conf: np.ndarray  # [K', H, W] float32
+    timings: dict[str, float] = field(default_factory=dict)
+    plan: dict[str, Any] | str = field(default_factory=dict)
+    model: str = ""
+
+
+class WindowReconstructor:
+    def __init__(self, model: torch.nn.Module, config: ReconstructionConfig) -> None:
+        self.model = model
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.images: dict[int, torch.Tensor] = {}  # keyframe_id -> [3, H, W] float in [0, 1]
+        self.encoded: OrderedDict[int, torch.Tensor] = OrderedDict()  # keyframe_id -> [h*w, C]
+        self.last_decoded: dict[int, int] = {}  # keyframe_id -> run counter when its depth was last decoded
+        self.num_runs = 0
+        self.stats = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}
+
+    @classmethod
+    def from_config(cls, config: ReconstructionConfig) -> WindowReconstructor:
+        from spark3r_stream.offline import InferOptions, load_model, resolve_device
+
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        options = InferOptions(model=config.model, weights=config.weights, random_weights=config.random_weights,
+                               spark3r=config.spark3r, spark3r_config=config.spark3r_config)
+        return cls(load_model(options, resolve_device(config.device)), config)
+
+    def add_keyframe(self, keyframe_id: int, image: np.ndarray) -> None:
+        """Store a keyframe (uint8 [H, W, 3] at model resolution); sent once, kept until it leaves every window."""
+        self.images[keyframe_id] = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+
+    def forget(self, keep: set[int]) -> None:
+        """Drop stored images and cached encodings of keyframes outside `keep` (memory bounded by the window)."""
+        for store in (self.images, self.encoded, self.last_decoded):
+            for keyframe_id in [k for k in store if k not in keep]:
+                del store[keyframe_id]
+
+    def _encode(self, keyframe_ids: tuple[int, ...], images: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.encoder_cache or not hasattr(self.model, "aggregator"):
+            return None
+        missing = [i for i, k in enumerate(keyframe_ids) if k not in self.encoded]
+        self.stats["encoder_cache_hits"] += len(keyframe_ids) - len(missing)
+        self.stats["encoder_cache_misses"] += len(missing)
+        if missing:
+            with torch.inference_mode():
+                fresh = self.model.aggregator.encode(images[missing][None].to(self.device))[0]
+            for i, tokens in zip(missing, fresh):
+                self.encoded[keyframe_ids[i]] = tokens
+        return torch.stack([self.encoded[k] for k in keyframe_ids])[None]
+
+    def dense_selection(self, keyframe_ids: tuple[int, ...]) -> list[int]:
+        """Window positions to decode densely: never-decoded keyframes, then the `refresh_budget` stalest others."""
+        new = [i for i, k in enumerate(keyframe_ids) if k not in self.last_decoded]
+        old = sorted((i for i, k in enumerate(keyframe_ids) if k in self.last_decoded),
+                     key=lambda i: self.last_decoded[keyframe_ids[i]])
+        return sorted(new + old[: self.config.refresh_budget])
+
+    def run(self, window_id: int, keyframe_ids: tuple[int, ...]) -> WindowOutput:
+        from spark3r_stream.models import predict
+
+        unknown = [k for k in keyframe_ids if k not in self.images]
+        if unknown:
+            raise KeyError(f"window {window_id}: keyframes {unknown[:5]} were never received")
+        self.num_runs += 1
+        images = torch.stack([self.images[k] for k in keyframe_ids])
+        start = time.perf_counter()
+        patch_tokens = self._encode(keyframe_ids, images)
+        encode_ms = (time.perf_counter() - start) * 1e3
+        dense = self.dense_selection(keyframe_ids)
+        prediction = predict(self.model, images, dense_frames=torch.tensor(dense), patch_tokens=patch_tokens)
+        for i in dense:
+            self.last_decoded[keyframe_ids[i]] = self.num_runs
+        timings = {"encode_ms": round(encode_ms, 3), "forward_ms": prediction.timings_ms["forward"],
+                   "num_keyframes": float(len(keyframe_ids)), "num_dense": float(len(dense))}
+        return WindowOutput(
+            window_id=window_id,
+            keyframe_ids=tuple(keyframe_ids),
+            world_from_cam=prediction.world_from_cam,
+            intrinsics=prediction.intrinsics,
+            dense_keyframe_ids=tuple(keyframe_ids[i] for i in dense),
+            depth=prediction.depth.astype(np.float32),
+            depth_conf=prediction.depth_conf.astype(np.float32),
+            timings=timings,
+            plan=_jsonable(prediction.metadata.get("reduction_plan", {})),
+            model=prediction.model,
+        )
+
+
+def _jsonable(plan: Any) -> dict[str, Any] | str:
+    if hasattr(plan, "to_dict"):
+        return plan.to_dict()
+    if hasattr(plan, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(plan)
+    return plan if isinstance(plan, dict | str) else str(plan)

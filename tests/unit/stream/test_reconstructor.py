@@ -1,0 +1,65 @@
+"""WindowReconstructor: exact encoder cache across re-runs, dense decoding only where geometry is needed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spark3r_stream.models import load_weights, model_from_official_config, predict
+from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+from tests.conftest import fixture_path
+
+TOL = 1e-5  # same float32 kernels on the same inputs; only the batching of the encoder differs
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = json.loads(fixture_path("vggt_tiny", "config.json").read_text())["config"]
+    return load_weights(model_from_official_config("vggt", cfg), fixture_path("vggt_tiny", "weights.safetensors"))
+
+
+def keyframes(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (28, 42, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_cached_rerun_equals_an_uncached_run(model):
+    cached = WindowReconstructor(model, ReconstructionConfig(refresh_budget=10))
+    images = keyframes(4)
+    for k, image in enumerate(images):
+        cached.add_keyframe(k, image)
+    cached.run(0, (0, 1, 2))
+    grown = cached.run(0, (0, 1, 2, 3))
+    assert cached.stats == {"encoder_cache_hits": 3, "encoder_cache_misses": 4}
+    stacked = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in images])
+    reference = predict(model, stacked)
+    assert np.abs(grown.world_from_cam - reference.world_from_cam).max() < TOL
+    assert np.abs(grown.depth - reference.depth).max() < TOL
+
+
+def test_dense_heads_run_on_new_keyframes_plus_the_refresh_budget(model):
+    reconstructor = WindowReconstructor(model, ReconstructionConfig(refresh_budget=1))
+    for k, image in enumerate(keyframes(6)):
+        reconstructor.add_keyframe(k, image)
+    first = reconstructor.run(0, (0, 1, 2))
+    assert first.dense_keyframe_ids == (0, 1, 2)
+    second = reconstructor.run(0, (0, 1, 2, 3, 4))
+    assert second.dense_keyframe_ids == (0, 3, 4)  # new 3, 4 and the stalest old one
+    assert second.depth.shape == (3, 28, 42)
+    assert second.world_from_cam.shape == (5, 4, 4)
+    third = reconstructor.run(0, (0, 1, 2, 3, 4, 5))
+    assert third.dense_keyframe_ids == (1, 5)
+
+
+def test_memory_is_bounded_by_the_window(model):
+    reconstructor = WindowReconstructor(model, ReconstructionConfig())
+    for k, image in enumerate(keyframes(5)):
+        reconstructor.add_keyframe(k, image)
+    reconstructor.run(0, (0, 1, 2, 3, 4))
+    reconstructor.forget({3, 4})
+    assert set(reconstructor.images) == set(reconstructor.encoded) == {3, 4}
+    with pytest.raises(KeyError, match=r"keyframes \[0\] were never received"):
+        reconstructor.run(1, (0, 3))
