@@ -15,16 +15,27 @@ BENCHMARKS = ("attention", "backbone", "fidelity", "transport", "pipeline", "pro
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
     from spark3r_stream.offline import InferOptions, run_inference
 
-    options = InferOptions(model=args.model, weights=args.weights, random_weights=args.random_weights,
-                           spark3r=args.spark3r, spark3r_config=args.spark3r_config, mode=args.mode,
-                           device=args.device, conf_percentile=args.conf_percentile, save_rrd=not args.no_rrd)
+    options = InferOptions(
+        model=args.model,
+        weights=args.weights,
+        random_weights=args.random_weights,
+        spark3r=args.spark3r,
+        spark3r_config=args.spark3r_config,
+        mode=args.mode,
+        device=args.device,
+        conf_percentile=args.conf_percentile,
+        save_rrd=not args.no_rrd,
+    )
     report = run_inference(args.inputs, Path(args.out), options)
     print(f"wrote {args.out} ({report['counters']['frames']} frames, forward {report['timings_ms']['forward']:.0f} ms)")
     return 0
@@ -66,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="reconstruct a set of images offline: depth, cameras, points, .rrd")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--model", default="vggt-tiny")
-    p.add_argument("--weights", help="checkpoint path or Hugging Face repo id (required for presets without shipped weights)")
+    p.add_argument(
+        "--weights", help="checkpoint path or Hugging Face repo id (required for presets without shipped weights)"
+    )
     p.add_argument("--random-weights", action="store_true", help="smoke test only: run with untrained weights")
     p.add_argument("--spark3r", action=argparse.BooleanOptionalAction, default=True, help="Spark3R token reduction")
     p.add_argument("--spark3r-config", help="Spark3R preset YAML (configs/spark3r/*.yaml)")

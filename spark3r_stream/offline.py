@@ -45,8 +45,9 @@ def load_model(options: InferOptions, device: torch.device) -> torch.nn.Module:
     preset = get_preset(options.model)
     if options.weights is None and preset.weights.package_file is None and not options.random_weights:
         hub = f" (e.g. --weights {preset.weights.hf_hub_id} when online)" if preset.weights.hf_hub_id else ""
-        raise CheckpointError(f"model {options.model!r} ships no weights: pass --weights PATH{hub}, "
-                              "or --random-weights for a smoke test")
+        raise CheckpointError(
+            f"model {options.model!r} ships no weights: pass --weights PATH{hub}, or --random-weights for a smoke test"
+        )
     model = build_model(options.model, weights=options.weights, random_weights=options.random_weights, device=device)
     if options.spark3r:
         from spark3r_stream.spark3r import Spark3RConfig, accelerate
@@ -61,7 +62,7 @@ def write_depth(out_dir: Path, names: Sequence[str], prediction: Prediction) -> 
     depth_dir = out_dir / "depth"
     depth_dir.mkdir(parents=True, exist_ok=True)
     scale = float(np.floor(65535 / max(float(prediction.depth.max()), 1e-6)))
-    for name, depth, conf in zip(names, prediction.depth, prediction.depth_conf):
+    for name, depth, conf in zip(names, prediction.depth, prediction.depth_conf, strict=True):
         stem = Path(name).stem
         cv2.imwrite(str(depth_dir / f"{stem}.png"), np.clip(np.round(depth * scale), 0, 65535).astype(np.uint16))
         np.savez_compressed(depth_dir / f"{stem}.npz", depth=depth, confidence=conf)
@@ -71,13 +72,28 @@ def write_depth(out_dir: Path, names: Sequence[str], prediction: Prediction) -> 
 def write_cameras(out_dir: Path, names: Sequence[str], prediction: Prediction, depth_scale: float) -> None:
     from spark3r_stream.eval.trajectory import write_tum
 
-    write_tum(out_dir / "trajectory.tum", np.arange(prediction.num_frames, dtype=float), prediction.world_from_cam,
-              comment=f"spark3r infer {prediction.model}: camera-to-world, one line per input image in order")
-    cameras = [{"image": name, "world_from_cam": pose.tolist(), "intrinsics": K.tolist()}
-               for name, pose, K in zip(names, prediction.world_from_cam, prediction.intrinsics)]
-    (out_dir / "cameras.json").write_text(json.dumps({
-        "model": prediction.model, "image_hw": prediction.image_hw, "convention": "OpenCV, camera-to-world",
-        "depth_png_scale": depth_scale, "frames": cameras}, indent=1))
+    write_tum(
+        out_dir / "trajectory.tum",
+        np.arange(prediction.num_frames, dtype=float),
+        prediction.world_from_cam,
+        comment=f"spark3r infer {prediction.model}: camera-to-world, one line per input image in order",
+    )
+    cameras = [
+        {"image": name, "world_from_cam": pose.tolist(), "intrinsics": K.tolist()}
+        for name, pose, K in zip(names, prediction.world_from_cam, prediction.intrinsics, strict=True)
+    ]
+    (out_dir / "cameras.json").write_text(
+        json.dumps(
+            {
+                "model": prediction.model,
+                "image_hw": prediction.image_hw,
+                "convention": "OpenCV, camera-to-world",
+                "depth_png_scale": depth_scale,
+                "frames": cameras,
+            },
+            indent=1,
+        )
+    )
 
 
 def confident_points(prediction: Prediction, images: torch.Tensor, percentile: float) -> tuple[np.ndarray, np.ndarray]:

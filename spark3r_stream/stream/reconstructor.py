@@ -73,8 +73,13 @@ class WindowReconstructor:
 
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        options = InferOptions(model=config.model, weights=config.weights, random_weights=config.random_weights,
-                               spark3r=config.spark3r, spark3r_config=config.spark3r_config)
+        options = InferOptions(
+            model=config.model,
+            weights=config.weights,
+            random_weights=config.random_weights,
+            spark3r=config.spark3r,
+            spark3r_config=config.spark3r_config,
+        )
         return cls(load_model(options, resolve_device(config.device)), config)
 
     def add_keyframe(self, keyframe_id: int, image: np.ndarray) -> None:
@@ -96,15 +101,17 @@ class WindowReconstructor:
         if missing:
             with torch.inference_mode():
                 fresh = self.model.aggregator.encode(images[missing][None].to(self.device))[0]
-            for i, tokens in zip(missing, fresh):
+            for i, tokens in zip(missing, fresh, strict=True):
                 self.encoded[keyframe_ids[i]] = tokens
         return torch.stack([self.encoded[k] for k in keyframe_ids])[None]
 
     def dense_selection(self, keyframe_ids: tuple[int, ...]) -> list[int]:
         """Window positions to decode densely: never-decoded keyframes, then the `refresh_budget` stalest others."""
         new = [i for i, k in enumerate(keyframe_ids) if k not in self.last_decoded]
-        old = sorted((i for i, k in enumerate(keyframe_ids) if k in self.last_decoded),
-                     key=lambda i: self.last_decoded[keyframe_ids[i]])
+        old = sorted(
+            (i for i, k in enumerate(keyframe_ids) if k in self.last_decoded),
+            key=lambda i: self.last_decoded[keyframe_ids[i]],
+        )
         return sorted(new + old[: self.config.refresh_budget])
 
     def run(self, window_id: int, keyframe_ids: tuple[int, ...]) -> WindowOutput:
@@ -122,8 +129,12 @@ class WindowReconstructor:
         prediction = predict(self.model, images, dense_frames=torch.tensor(dense), patch_tokens=patch_tokens)
         for i in dense:
             self.last_decoded[keyframe_ids[i]] = self.num_runs
-        timings = {"encode_ms": round(encode_ms, 3), "forward_ms": prediction.timings_ms["forward"],
-                   "num_keyframes": float(len(keyframe_ids)), "num_dense": float(len(dense))}
+        timings = {
+            "encode_ms": round(encode_ms, 3),
+            "forward_ms": prediction.timings_ms["forward"],
+            "num_keyframes": float(len(keyframe_ids)),
+            "num_dense": float(len(dense)),
+        }
         return WindowOutput(
             window_id=window_id,
             keyframe_ids=tuple(keyframe_ids),

@@ -15,7 +15,6 @@ from spark3r_stream.geometry import apply_transform, invert_se3, unproject_depth
 from spark3r_stream.models.pose_encoding import extri_intri_to_pose_encoding
 from spark3r_stream.synth.render import SyntheticSequence, pixel_correspondences, render_sequence
 
-
 HELD_OUT_SEED_START = 900_000  # evaluation scenes use seeds from here on; training never renders them
 
 
@@ -33,8 +32,17 @@ class Batch:
 class ScenePool:
     """Rendered sequences to cut clips from; one sequence is replaced by a fresh scene every `refresh_every` draws."""
 
-    def __init__(self, *, size: int, frames: int, image_size: int, first_seed: int, step_m: float, turn_deg: float,
-                 refresh_every: int = 48) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        frames: int,
+        image_size: int,
+        first_seed: int,
+        step_m: float,
+        turn_deg: float,
+        refresh_every: int = 48,
+    ) -> None:
         self.frames, self.image_size = frames, image_size
         self.step_m, self.turn_deg = step_m, turn_deg
         self.refresh_every = refresh_every
@@ -48,8 +56,15 @@ class ScenePool:
         self.next_seed += 1
         assert seed < HELD_OUT_SEED_START, "training seeds must stay below the held-out range"
         path = self.rng.choice(["handheld", "handheld", "orbit", "forward"])
-        return render_sequence(seed, self.frames, height=self.image_size, width=self.image_size, path=path,
-                               step_m=self.step_m * self.rng.uniform(0.6, 1.4), turn_deg=self.turn_deg)
+        return render_sequence(
+            seed,
+            self.frames,
+            height=self.image_size,
+            width=self.image_size,
+            path=path,
+            step_m=self.step_m * self.rng.uniform(0.6, 1.4),
+            turn_deg=self.turn_deg,
+        )
 
     def draw(self) -> SyntheticSequence:
         self.draws += 1
@@ -65,7 +80,9 @@ def clip_targets(seq: SyntheticSequence, frames: np.ndarray, patch_size: int = 1
     ref_from_cam = ref_from_world @ world_from_cam
     depth = seq.depth[frames]
     valid = np.isfinite(depth) & (depth > 1e-3)
-    points = np.stack([apply_transform(ref_from_cam[i], unproject_depth(d, seq.intrinsics)) for i, d in enumerate(depth)])
+    points = np.stack(
+        [apply_transform(ref_from_cam[i], unproject_depth(d, seq.intrinsics)) for i, d in enumerate(depth)]
+    )
     scale = float(np.linalg.norm(points[valid], axis=-1).mean())
     cam_from_ref = np.linalg.inv(ref_from_cam)
     cam_from_ref[:, :3, 3] /= scale

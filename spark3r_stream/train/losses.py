@@ -21,7 +21,9 @@ def camera_loss(pose_enc_list: list[torch.Tensor], target: torch.Tensor, gamma: 
     return total
 
 
-def confident_regression(pred: torch.Tensor, conf: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def confident_regression(
+    pred: torch.Tensor, conf: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """mean over valid pixels of conf·|pred − target| − α·log(conf) (VGGT's aleatoric regression loss)."""
     err = (pred - target).abs()
     if err.dim() == conf.dim() + 1:

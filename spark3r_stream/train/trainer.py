@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +109,30 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         step = int(state["step"])
         log.info("resumed %s at step %d", state_path, step)
     rng = np.random.default_rng(cfg.seed * 7919 + step)
-    pool = ScenePool(size=cfg.pool_size, frames=cfg.pool_frames, image_size=model.config.img_size,
-                     first_seed=cfg.seed * 100_000 + step * 2, step_m=cfg.step_m, turn_deg=cfg.turn_deg)
+    pool = ScenePool(
+        size=cfg.pool_size,
+        frames=cfg.pool_frames,
+        image_size=model.config.img_size,
+        first_seed=cfg.seed * 100_000 + step * 2,
+        step_m=cfg.step_m,
+        turn_deg=cfg.turn_deg,
+    )
     log_file = (out / "loss_log.jsonl").open("a")
     start = time.perf_counter()
     running: dict[str, float] = {}
 
     def checkpoint() -> None:
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "config": json.dumps(asdict(cfg), default=str)}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "aux": aux.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "config": json.dumps(asdict(cfg), default=str),
+            },
+            tmp,
+        )
         tmp.replace(state_path)
         save_weights(model, out / "weights.safetensors", {"step": step, "preset": cfg.preset})
 
@@ -136,13 +150,20 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 pred_uv = aux(out_dict["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
             losses = {
                 "camera": camera_loss([p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc),
-                "depth": confident_regression(out_dict["depth"][..., 0], out_dict["depth_conf"], batch.depth, batch.valid),
-                "points": confident_regression(out_dict["world_points"], out_dict["world_points_conf"],
-                                               batch.world_points, batch.valid),
+                "depth": confident_regression(
+                    out_dict["depth"][..., 0], out_dict["depth_conf"], batch.depth, batch.valid
+                ),
+                "points": confident_regression(
+                    out_dict["world_points"], out_dict["world_points_conf"], batch.world_points, batch.valid
+                ),
                 "correspondence": correspondence_loss(pred_uv.float(), batch),
             }
-            total = (cfg.camera_weight * losses["camera"] + cfg.depth_weight * losses["depth"]
-                     + cfg.points_weight * losses["points"] + cfg.correspondence_weight * losses["correspondence"])
+            total = (
+                cfg.camera_weight * losses["camera"]
+                + cfg.depth_weight * losses["depth"]
+                + cfg.points_weight * losses["points"]
+                + cfg.correspondence_weight * losses["correspondence"]
+            )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -152,11 +173,26 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             for k, v in record.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v
             if step % 25 == 0:
-                log_file.write(json.dumps({"step": step, "lr": learning_rate(cfg, step), "clip_len": stage.clip_len,
-                                           "step_s": round(time.perf_counter() - t0, 3), **record}) + "\n")
+                log_file.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "lr": learning_rate(cfg, step),
+                            "clip_len": stage.clip_len,
+                            "step_s": round(time.perf_counter() - t0, 3),
+                            **record,
+                        }
+                    )
+                    + "\n"
+                )
                 log_file.flush()
-                log.info("step %d clip %d lr %.2e %s", step, stage.clip_len, learning_rate(cfg, step),
-                         " ".join(f"{k} {v:.4f}" for k, v in running.items()))
+                log.info(
+                    "step %d clip %d lr %.2e %s",
+                    step,
+                    stage.clip_len,
+                    learning_rate(cfg, step),
+                    " ".join(f"{k} {v:.4f}" for k, v in running.items()),
+                )
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
     finally:

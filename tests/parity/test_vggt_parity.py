@@ -30,8 +30,10 @@ def tiny_vggt():
 
 @pytest.fixture(scope="module")
 def fixture_io():
-    return (load_file(fixture_path("vggt_tiny", "inputs.safetensors")),
-            load_file(fixture_path("vggt_tiny", "outputs.safetensors")))
+    return (
+        load_file(fixture_path("vggt_tiny", "inputs.safetensors")),
+        load_file(fixture_path("vggt_tiny", "outputs.safetensors")),
+    )
 
 
 def assert_close(name: str, ours: torch.Tensor, ref: torch.Tensor) -> None:

@@ -1,0 +1,122 @@
+"""Run a model on sequences with ground truth and score it next to trivial baselines (`spark3r eval`, quality bench).
+
+Baselines, scored with the same protocol: `identity` (every camera at the origin; its best Sim(3) fit is the mean
+camera centre) and `constant-depth` (one depth per frame: after median scaling, the frame's median). A straight-line
+(constant-velocity) guess is not scored: its collinear centres leave the Sim(3) rotation undetermined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spark3r_stream.eval.depth import depth_metrics
+from spark3r_stream.eval.sequence import evaluate_sequence
+from spark3r_stream.eval.trajectory import relative_rotation_errors_deg, trajectory_extent
+
+HELD_OUT_SEED_START = 900_000  # seeds the training never renders (spark3r_stream.train.data)
+
+
+@dataclass
+class GroundTruthSequence:
+    """Images at the model's input size with matching ground truth."""
+
+    name: str
+    images: np.ndarray  # uint8 [S, H, W, 3]
+    world_from_cam: np.ndarray  # [S, 4, 4]
+    depth: np.ndarray | None  # [S, H, W] metres, 0 = invalid
+    intrinsics: np.ndarray | None  # [3, 3]
+
+
+def held_out_sequences(
+    num_sequences: int, num_frames: int, size: int = 112, path: str = "handheld", first_seed: int = HELD_OUT_SEED_START
+) -> list[GroundTruthSequence]:
+    from spark3r_stream.synth import render_sequence
+
+    sequences = []
+    for seed in range(first_seed, first_seed + num_sequences):
+        seq = render_sequence(seed, num_frames, height=size, width=size, path=path)
+        sequences.append(
+            GroundTruthSequence(
+                f"synth-{seed}-{path}-{num_frames}", seq.images, seq.world_from_cam, seq.depth, seq.intrinsics
+            )
+        )
+    return sequences
+
+
+def evaluate_model(model: torch.nn.Module, sequence: GroundTruthSequence) -> dict[str, float | str]:
+    from spark3r_stream.models import predict
+
+    images = torch.from_numpy(sequence.images).permute(0, 3, 1, 2).float() / 255.0
+    prediction = predict(model, images)
+    row = evaluate_sequence(
+        sequence.name,
+        gt_world_from_cam=sequence.world_from_cam,
+        est_world_from_cam=prediction.world_from_cam,
+        gt_depth=sequence.depth,
+        est_depth=None if sequence.depth is None else prediction.depth,
+        depth_valid=None if sequence.depth is None else sequence.depth > 0,
+        depth_alignments=("median", "scale_shift"),
+    )
+    row["method"] = prediction.model
+    row["forward_ms"] = prediction.timings_ms["forward"]
+    return row
+
+
+def static_trajectory_metrics(gt_world_from_cam: np.ndarray) -> dict[str, float]:
+    """Metrics of a predictor that never moves: the best Sim(3) fit collapses it onto the mean camera centre."""
+    centres = gt_world_from_cam[:, :3, 3]
+    ate = float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1))))
+    identity = np.tile(np.eye(4), (len(gt_world_from_cam), 1, 1))
+    extent = trajectory_extent(gt_world_from_cam)
+    return {
+        "ate_rmse_m": ate,
+        "ate_over_extent": ate / extent if extent > 0 else float("nan"),
+        "mean_relative_rotation_error_deg": float(relative_rotation_errors_deg(identity, gt_world_from_cam).mean()),
+    }
+
+
+def baseline_rows(sequence: GroundTruthSequence) -> list[dict[str, float | str]]:
+    rows: list[dict[str, float | str]] = [
+        {"sequence": sequence.name, "method": "identity", **static_trajectory_metrics(sequence.world_from_cam)}
+    ]
+    if sequence.depth is not None:
+        valid = sequence.depth > 0
+        constant = np.ones_like(sequence.depth)
+        row: dict[str, float | str] = {"sequence": sequence.name, "method": "constant-depth"}
+        for protocol in ("median", "scale_shift"):
+            metrics = depth_metrics(constant, sequence.depth, valid, alignment=protocol)
+            row[f"depth_abs_rel_{protocol}"] = metrics["abs_rel"]
+            row[f"depth_delta_1_25_{protocol}"] = metrics["delta_1_25"]
+        rows.append(row)
+    return rows
+
+
+QUALITY_COLUMNS = (
+    "sequence",
+    "method",
+    "ate_rmse_m",
+    "ate_over_extent",
+    "mean_relative_rotation_error_deg",
+    "rpe_rot_rmse_deg",
+    "depth_abs_rel_median",
+    "depth_delta_1_25_median",
+    "depth_abs_rel_scale_shift",
+)
+
+
+def summarize(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]]:
+    """Mean of every numeric column per method (over sequences)."""
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    summary = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        out: dict[str, float | str] = {"sequence": f"mean of {len(mine)}", "method": method}
+        for column in QUALITY_COLUMNS[2:]:
+            values = [float(r[column]) for r in mine if column in r and np.isfinite(float(r[column]))]
+            if values:
+                out[column] = float(np.mean(values))
+        summary.append(out)
+    return summary
