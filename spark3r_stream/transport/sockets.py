@@ -7,7 +7,9 @@ Delivery kinds (chosen per edge in the endpoint table):
 | `lossless` | PUSH, SNDHWM         | PULL, RCVHWM         | blocking send at the HWM (backpressure), never drops; replay |
 | `latest`   | PUSH + CONFLATE      | PULL + CONFLATE      | only the newest message waits; superseded ones are counted   |
 |            |                      |                      | from seq gaps (`dropped.stale`); live camera                 |
-| `fanout`   | XPUB (verbose)       | SUB (all topics)     | any number of subscribers; a late joiner gets a snapshot     |
+| `fanout`   | XPUB (verbose,       | SUB (all topics)     | any number of subscribers; a late joiner gets a snapshot;   |
+|            | NODROP)              |                      | a full subscriber queue drops the message for all, counted  |
+|            |                      |                      | at the sender (`dropped.unsent`); end-of-stream waits       |
 
 Every message carries `seq` (per sender and edge, +1 per message accepted by ZeroMQ) and the sender's node name;
 `EndOfStream.num_sent` counts the data messages before it, so a receiver proves that nothing was lost
@@ -89,7 +91,8 @@ class NodeLoop:
     downstream), a signal arrives, or `stop()` is called. A handler may return a message (or an iterable of
     messages); it is sent on the outputs that carry its topic. Counters (`loop.counters`, `loop.report()`):
     `recv.<topic>`, `sent.<topic>`, `dropped.<reason>` (bad messages, by DecodeError reason), `dropped.stale`
-    (latest-wins), `dropped.unsent` (not sent: no peer on a latest edge, or shutdown while blocked),
+    (latest-wins), `dropped.unsent` (not sent: no peer on a latest edge, a full fanout subscriber, or shutdown
+    while blocked),
     `lost.<edge>` (lossless messages that never arrived, known at end-of-stream), `send_waits.<edge>`.
     """
 
@@ -200,6 +203,7 @@ class NodeLoop:
             sock.setsockopt(zmq.RCVHWM, ep.hwm)
         if sock_type == zmq.XPUB:
             sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, so every late joiner triggers a snapshot
+            sock.setsockopt(zmq.XPUB_NODROP, 1)  # full queue -> EAGAIN: the drop is counted here, not silent
         if sock_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, b"")
         if ep.address.startswith("tcp://"):
@@ -324,7 +328,10 @@ class NodeLoop:
             if not waited:
                 self.counters[f"send_waits.{out.endpoint.edge}"] += 1
                 waited = True
-            sock.poll(self.poll_ms, zmq.POLLOUT)  # backpressure: wait for the receiver, waking for signals
+            if out.endpoint.kind == "fanout":
+                time.sleep(0.005)  # XPUB reports POLLOUT even when a subscriber's queue is full: retry shortly
+            else:
+                sock.poll(self.poll_ms, zmq.POLLOUT)  # backpressure: wait for the receiver, waking for signals
             self._tick()
 
     def end_stream(self) -> None:
