@@ -64,6 +64,35 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from spark3r_stream.eval import format_markdown_table
+    from spark3r_stream.eval.model_eval import QUALITY_COLUMNS, baseline_rows, evaluate_model, load_sequence, summarize
+    from spark3r_stream.models.registry import get_preset
+    from spark3r_stream.offline import InferOptions, load_model, resolve_device
+
+    options = InferOptions(
+        model=args.model,
+        weights=args.weights,
+        random_weights=args.random_weights,
+        spark3r=args.spark3r,
+        device=args.device,
+    )
+    model = load_model(options, resolve_device(args.device))
+    rows = []
+    for spec in args.sequences:
+        sequence = load_sequence(spec, get_preset(args.model).input_size, args.max_frames)
+        rows += [evaluate_model(model, sequence), *baseline_rows(sequence)]
+    table = format_markdown_table(rows + summarize(rows), QUALITY_COLUMNS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.md").write_text(table)
+    (out / "eval.json").write_text(json.dumps({"model": args.model, "spark3r": args.spark3r, "rows": rows}, indent=1))
+    print(table + f"\nwritten to {out}/eval.md and eval.json")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"benchmarks.bench_{args.name}")
     return int(module.main(args.bench_args))
@@ -108,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--width", type=int, default=112)
     e.add_argument("--path", default="handheld", choices=["handheld", "orbit", "forward", "loop"])
     e.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("eval", help="score a model on sequences with ground truth, next to trivial baselines")
+    p.add_argument("sequences", nargs="+", help="synth:seed=N,frames=S[,path=P] or a dataset folder / source spec")
+    p.add_argument("--model", default="vggt-tiny")
+    p.add_argument("--weights")
+    p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--spark3r", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-frames", type=int, help="first N frames of dataset sequences")
+    p.add_argument("--out", default="runs/eval")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (results in benchmarks/results/)")
     p.add_argument("name", choices=BENCHMARKS)

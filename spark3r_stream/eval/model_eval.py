@@ -120,3 +120,33 @@ def summarize(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
                 out[column] = float(np.mean(values))
         summary.append(out)
     return summary
+
+
+def load_sequence(spec: str, input_size: int, max_frames: int | None = None) -> GroundTruthSequence:
+    """A sequence to evaluate: `synth:seed=N,frames=S[,path=P]` (rendered with depth) or any source spec/folder
+    with ground-truth poses (TUM RGB-D, EuRoC, 7-Scenes; trajectory metrics only)."""
+    from spark3r_stream.errors import SourceError
+    from spark3r_stream.models.preprocess import load_and_preprocess_images
+    from spark3r_stream.sources import open_source
+
+    if spec.startswith("synth:"):
+        from spark3r_stream.synth import render_sequence
+
+        args = dict(item.split("=", 1) for item in spec[len("synth:") :].split(",") if item)
+        seed, frames = int(args.get("seed", HELD_OUT_SEED_START)), int(args.get("frames", 16))
+        path = args.get("path", "handheld")
+        seq = render_sequence(seed, frames, height=input_size, width=input_size, path=path)
+        return GroundTruthSequence(
+            f"synth-{seed}-{path}-{frames}", seq.images, seq.world_from_cam, seq.depth, seq.intrinsics
+        )
+    source = open_source(spec, stop=max_frames)
+    try:
+        frames = list(source)
+    finally:
+        source.close()
+    poses = [f.world_from_cam for f in frames]
+    if not frames or any(p is None for p in poses):
+        raise SourceError(f"sequence {spec}: needs ground-truth poses for every frame to be evaluated")
+    images = load_and_preprocess_images([f.image for f in frames], target_size=input_size)
+    images_u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return GroundTruthSequence(str(spec), images_u8, np.stack(poses), None, None)
