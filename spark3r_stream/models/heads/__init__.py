@@ -1,7 +1,18 @@
-"""Prediction heads shared by the backbones: DPT (dense), camera heads, VGGT's track head."""
+"""Prediction heads shared by the backbones: DPT / DualDPT (dense), camera heads, π³'s decoders, VGGT's track head."""
 
-from spark3r_stream.models.heads.camera import CameraHead
-from spark3r_stream.models.heads.dpt import DPTHead
+from spark3r_stream.models.heads.camera import CameraDecoder, CameraEncoder, CameraHead, Pi3CameraHead
+from spark3r_stream.models.heads.decoder import LinearPts3d, TransformerDecoder
+from spark3r_stream.models.heads.dpt import DPTHead, DualDPTHead
 from spark3r_stream.models.heads.track import TrackHead
 
-__all__ = ["CameraHead", "DPTHead", "TrackHead"]
+__all__ = [
+    "CameraDecoder",
+    "CameraEncoder",
+    "CameraHead",
+    "DPTHead",
+    "DualDPTHead",
+    "LinearPts3d",
+    "Pi3CameraHead",
+    "TrackHead",
+    "TransformerDecoder",
+]

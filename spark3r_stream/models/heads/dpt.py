@@ -1,7 +1,9 @@
-"""DPT head: per-frame dense prediction (depth, points, confidence, or features) from four token layers.
+"""DPT heads: per-frame dense prediction (depth, points, confidence, or features) from four token layers.
 
-Matches facebookresearch/vggt@44b3afb vggt/heads/dpt_head.py (reference_vggt.md §8); keys `projects`,
-`resize_layers`, `scratch.*` as released.
+`DPTHead` matches facebookresearch/vggt@44b3afb vggt/heads/dpt_head.py (reference_vggt.md §8); keys `projects`,
+`resize_layers`, `scratch.*` as released. Configured with `rectified_skip=False, token_norm=False, image_merger=True`
+it has the key layout of DA3's Gaussian head `GSDPT`. `DualDPTHead`, beside it, is DA3's two-branch head
+(ByteDance-Seed/Depth-Anything-3@2c21ea8 model/dualdpt.py, reference_da3.md §5.1) built from the same blocks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ def uv_grid(width: int, height: int, aspect_ratio: float, dtype, device) -> torc
     diag = (aspect_ratio**2 + 1.0) ** 0.5
     span_x, span_y = aspect_ratio / diag, 1.0 / diag
     xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, dtype=dtype, device=device)
-    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=dtype, device=device)
+    ys = torch.linspace(
+        -span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=dtype, device=device
+    )
     uu, vv = torch.meshgrid(xs, ys, indexing="xy")
     return torch.stack([uu, vv], dim=-1)
 
@@ -47,26 +51,33 @@ def interpolate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ResidualConvUnit(nn.Module):
-    def __init__(self, features: int, device=None, dtype=None) -> None:
+    def __init__(self, features: int, rectified_skip: bool = True, device=None, dtype=None) -> None:
         super().__init__()
+        self.rectified_skip = rectified_skip
         self.conv1 = nn.Conv2d(features, features, 3, padding=1, device=device, dtype=dtype)
         self.conv2 = nn.Conv2d(features, features, 3, padding=1, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The official unit's first ReLU is in-place, so its skip adds the *rectified* input (reference_vggt.md §8).
-        x = F.relu(x)
-        return self.conv2(F.relu(self.conv1(x))) + x
+        # VGGT's first ReLU is in-place, so its skip adds the *rectified* input (reference_vggt.md §8);
+        # DA3's is not, so its skip adds the raw input (reference_da3.md §5.1).
+        y = F.relu(x)
+        return self.conv2(F.relu(self.conv1(y))) + (y if self.rectified_skip else x)
 
 
 class FeatureFusionBlock(nn.Module):
-    def __init__(self, features: int, has_residual: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self, features: int, has_residual: bool = True, rectified_skip: bool = True, device=None, dtype=None
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
-        self.resConfUnit1 = ResidualConvUnit(features, **kw) if has_residual else None  # official key
-        self.resConfUnit2 = ResidualConvUnit(features, **kw)  # official key
+        rcu_kw = {"rectified_skip": rectified_skip, **kw}
+        self.resConfUnit1 = ResidualConvUnit(features, **rcu_kw) if has_residual else None  # official key
+        self.resConfUnit2 = ResidualConvUnit(features, **rcu_kw)  # official key
         self.out_conv = nn.Conv2d(features, features, 1, **kw)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
@@ -78,16 +89,25 @@ class FeatureFusionBlock(nn.Module):
 class Scratch(nn.Module):
     """Container that reproduces the official `scratch.*` key names."""
 
-    def __init__(self, out_channels: Sequence[int], features: int, output_dim: int, feature_only: bool,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        out_channels: Sequence[int],
+        features: int,
+        output_dim: int,
+        feature_only: bool,
+        rectified_skip: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         for i, channels in enumerate(out_channels, 1):
             setattr(self, f"layer{i}_rn", nn.Conv2d(channels, features, 3, padding=1, bias=False, **kw))
-        self.refinenet1 = FeatureFusionBlock(features, **kw)
-        self.refinenet2 = FeatureFusionBlock(features, **kw)
-        self.refinenet3 = FeatureFusionBlock(features, **kw)
-        self.refinenet4 = FeatureFusionBlock(features, has_residual=False, **kw)
+        fuse_kw = {"rectified_skip": rectified_skip, **kw}
+        self.refinenet1 = FeatureFusionBlock(features, **fuse_kw)
+        self.refinenet2 = FeatureFusionBlock(features, **fuse_kw)
+        self.refinenet3 = FeatureFusionBlock(features, **fuse_kw)
+        self.refinenet4 = FeatureFusionBlock(features, has_residual=False, **fuse_kw)
         if feature_only:
             self.output_conv1 = nn.Conv2d(features, features, 3, padding=1, **kw)
             self.output_conv2 = None
@@ -96,6 +116,19 @@ class Scratch(nn.Module):
             self.output_conv2 = nn.Sequential(
                 nn.Conv2d(features // 2, 32, 3, padding=1, **kw), nn.ReLU(), nn.Conv2d(32, output_dim, 1, **kw)
             )
+
+
+def resize_layers(out_channels: Sequence[int], device=None, dtype=None) -> nn.ModuleList:
+    """Per-level resampling of the projected token grids: ×4, ×2, ×1, ×½ (official `resize_layers`)."""
+    kw = {"device": device, "dtype": dtype}
+    return nn.ModuleList(
+        [
+            nn.ConvTranspose2d(out_channels[0], out_channels[0], 4, stride=4, **kw),
+            nn.ConvTranspose2d(out_channels[1], out_channels[1], 2, stride=2, **kw),
+            nn.Identity(),
+            nn.Conv2d(out_channels[3], out_channels[3], 3, stride=2, padding=1, **kw),
+        ]
+    )
 
 
 def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -127,6 +160,9 @@ class DPTHead(nn.Module):
         pos_embed: bool = True,
         feature_only: bool = False,
         down_ratio: int = 1,
+        rectified_skip: bool = True,
+        token_norm: bool = True,
+        image_merger: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -139,18 +175,30 @@ class DPTHead(nn.Module):
         self.feature_only = feature_only
         self.down_ratio = down_ratio
         self.intermediate_layer_idx = tuple(intermediate_layer_idx)
-        self.norm = nn.LayerNorm(dim_in, **kw)
+        self.norm = nn.LayerNorm(dim_in, **kw) if token_norm else nn.Identity()  # GSDPT: norm_type "idt"
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, 1, **kw) for c in out_channels)
-        self.resize_layers = nn.ModuleList([
-            nn.ConvTranspose2d(out_channels[0], out_channels[0], 4, stride=4, **kw),
-            nn.ConvTranspose2d(out_channels[1], out_channels[1], 2, stride=2, **kw),
-            nn.Identity(),
-            nn.Conv2d(out_channels[3], out_channels[3], 3, stride=2, padding=1, **kw),
-        ])
-        self.scratch = Scratch(out_channels, features, output_dim, feature_only, **kw)
+        self.resize_layers = resize_layers(out_channels, **kw)
+        self.scratch = Scratch(out_channels, features, output_dim, feature_only, rectified_skip=rectified_skip, **kw)
+        # DA3 GSDPT: 3 convs (GELU between) on the normalised images, added to the upsampled map (official key)
+        self.images_merger = (
+            nn.Sequential(
+                nn.Conv2d(3, features // 8, 3, padding=1, **kw),
+                nn.GELU(),
+                nn.Conv2d(features // 8, features // 4, 3, padding=1, **kw),
+                nn.GELU(),
+                nn.Conv2d(features // 4, features // 2, 3, padding=1, **kw),
+            )
+            if image_merger
+            else None
+        )
 
-    def forward(self, tokens: Sequence[torch.Tensor | None], image_hw: tuple[int, int], patch_start_idx: int,
-                frames: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        tokens: Sequence[torch.Tensor | None],
+        image_hw: tuple[int, int],
+        patch_start_idx: int,
+        frames: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Dense prediction per frame.
 
         Args:
@@ -161,10 +209,15 @@ class DPTHead(nn.Module):
         Returns:
             (value [B, S', H, W, O-1], conf [B, S', H, W]), or features [B, S', C', H', W'] if feature_only.
         """
+        if self.images_merger is not None:
+            raise NotImplementedError(
+                "DA3 Gaussian head: the module tree loads strictly, but its forward (images merger + Gaussian "
+                "adapter) is not implemented; reference_da3.md §6 does not specify it precisely enough for parity"
+            )
         H, W = image_hw
         h, w = H // self.patch_size, W // self.patch_size
         levels = []
-        for project, resize, layer in zip(self.projects, self.resize_layers, self.intermediate_layer_idx):
+        for project, resize, layer in zip(self.projects, self.resize_layers, self.intermediate_layer_idx, strict=True):
             x = tokens[layer][:, :, patch_start_idx:]
             if frames is not None:
                 x = x[:, frames]
@@ -186,9 +239,107 @@ class DPTHead(nn.Module):
 
     def _fuse(self, levels: list[torch.Tensor]) -> torch.Tensor:
         s = self.scratch
-        l1, l2, l3, l4 = (getattr(s, f"layer{i}_rn")(x) for i, x in enumerate(levels, 1))
-        out = s.refinenet4(l4, size=l3.shape[2:])
-        out = s.refinenet3(out, l3, size=l2.shape[2:])
-        out = s.refinenet2(out, l2, size=l1.shape[2:])
-        out = s.refinenet1(out, l1)
-        return s.output_conv1(out)
+        return s.output_conv1(fuse(s, [getattr(s, f"layer{i}_rn")(x) for i, x in enumerate(levels, 1)]))
+
+
+def fuse(scratch: nn.Module, lateral: list[torch.Tensor], suffix: str = "") -> torch.Tensor:
+    """Coarse-to-fine fusion of the four `layer{k}_rn` maps through `refinenet{4..1}{suffix}`; ends at 2× level 1."""
+    l1, l2, l3, l4 = lateral
+    out = getattr(scratch, f"refinenet4{suffix}")(l4, size=l3.shape[2:])
+    out = getattr(scratch, f"refinenet3{suffix}")(out, l3, size=l2.shape[2:])
+    out = getattr(scratch, f"refinenet2{suffix}")(out, l2, size=l1.shape[2:])
+    return getattr(scratch, f"refinenet1{suffix}")(out, l1)
+
+
+class Permute(nn.Module):
+    """A parameter-free dims permutation, so official Sequential indices (and keys) line up."""
+
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class DualDPTHead(nn.Module):
+    """DA3's DualDPT: depth + confidence at image resolution, ray map (6 ch) + confidence at 8× the patch grid.
+
+    The aux ("ray") branch has its own `refinenet*_aux` chain on the same lateral maps and a pyramid of
+    `output_conv{1,2}_aux.{level}` heads; inference reads only the finest level. The four
+    `output_conv2_aux.{level}.2` LayerNorms are one module, as in the official code (see `SHARED_TENSOR_ALIASES`
+    in models/da3.py for loading the released files, which store it once).
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        *,
+        patch_size: int = 14,
+        output_dim: int = 2,
+        aux_output_dim: int = 7,
+        features: int = 256,
+        out_channels: Sequence[int] = (256, 512, 1024, 1024),
+        aux_levels: int = 4,
+        aux_conv_num: int = 5,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.patch_size = patch_size
+        self.norm = nn.LayerNorm(dim_in, **kw)
+        self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, 1, **kw) for c in out_channels)
+        self.resize_layers = resize_layers(out_channels, **kw)
+        s = self.scratch = Scratch(out_channels, features, output_dim, False, rectified_skip=False, **kw)
+        for i in range(1, 5):
+            setattr(
+                s, f"refinenet{i}_aux", FeatureFusionBlock(features, has_residual=i < 4, rectified_skip=False, **kw)
+            )
+        half = features // 2
+        s.output_conv1_aux = nn.ModuleList(
+            nn.Sequential(
+                *(
+                    nn.Conv2d(features if j % 2 == 0 else half, half if j % 2 == 0 else features, 3, padding=1, **kw)
+                    for j in range(aux_conv_num)
+                )
+            )
+            for _ in range(aux_levels)
+        )
+        shared_norm = nn.LayerNorm(32, **kw)  # official: one instance unpacked into every level
+        s.output_conv2_aux = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(half, 32, 3, padding=1, **kw),
+                Permute(0, 2, 3, 1),
+                shared_norm,
+                Permute(0, 3, 1, 2),
+                nn.ReLU(),
+                nn.Conv2d(32, aux_output_dim, 1, **kw),
+            )
+            for _ in range(aux_levels)
+        )
+
+    def forward(self, features: Sequence[torch.Tensor], image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Args: features: four [B, S, h*w, C] patch-token maps (no special tokens). Returns the four maps, per frame:
+        depth [B, S, H, W], depth_conf [B, S, H, W], ray [B, S, 8h, 8w, 6], ray_conf [B, S, 8h, 8w]."""
+        H, W = image_hw
+        h, w = H // self.patch_size, W // self.patch_size
+        B, S = features[0].shape[:2]
+        s = self.scratch
+        lateral = []
+        for i, (x, project, resize) in enumerate(zip(features, self.projects, self.resize_layers), 1):
+            x = self.norm(x.reshape(B * S, h * w, -1))
+            x = add_position_embedding(project(x.transpose(1, 2).reshape(B * S, -1, h, w)), W, H)
+            lateral.append(getattr(s, f"layer{i}_rn")(resize(x)))
+        main = interpolate(s.output_conv1(fuse(s, lateral)), (H, W))
+        main = s.output_conv2(add_position_embedding(main, W, H))
+        aux = s.output_conv1_aux[-1](fuse(s, lateral, suffix="_aux"))  # finest pyramid level only
+        aux = s.output_conv2_aux[-1](add_position_embedding(aux, W, H))
+        aux = aux.permute(0, 2, 3, 1).reshape(B, S, *aux.shape[2:], aux.shape[1])
+        main = main.reshape(B, S, *main.shape[1:])
+        return {
+            "depth": activate(main[:, :, 0], "exp"),
+            "depth_conf": activate(main[:, :, 1], "expp1"),
+            "ray": aux[..., :-1],
+            "ray_conf": activate(aux[..., -1], "expp1"),
+        }

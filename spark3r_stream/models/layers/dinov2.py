@@ -2,6 +2,9 @@
 
 Matches facebookresearch/dinov2 `DinoVisionTransformer` as vendored by facebookresearch/vggt@44b3afb
 (vggt/layers/vision_transformer.py), including the antialiased bicubic resize of the position embedding.
+DA3's variant (ByteDance-Seed/Depth-Anything-3@2c21ea8 model/dinov2/vision_transformer.py) is configured by
+`alt_start`/`qknorm_start`/`rope_start` (camera token, q/k-norm and RoPE in the later blocks) and `final_norm_eps`;
+the alternating multi-view loop that uses them lives with the family (models/da3.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spark3r_stream.models.layers.block import Block
+from spark3r_stream.models.layers.rope import RotaryEmbedding2D
 
 
 class PatchEmbed(nn.Module):
@@ -46,6 +50,11 @@ class DinoVisionTransformer(nn.Module):
         interpolate_offset: float = 0.0,
         has_mask_token: bool = True,
         norm_eps: float = 1e-6,
+        final_norm_eps: float | None = None,
+        alt_start: int = -1,
+        qknorm_start: int = -1,
+        rope_start: int = -1,
+        rope_freq: float = 100.0,
         device=None,
         dtype=None,
     ) -> None:
@@ -58,16 +67,35 @@ class DinoVisionTransformer(nn.Module):
         grid = img_size // patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **kw))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, embed_dim, **kw))
-        self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim, **kw)) if num_register_tokens else None
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim, **kw)) if num_register_tokens else None
+        )
         # official key; used only for masked training, never at inference (π³ deletes it)
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim, **kw)) if has_mask_token else None
+        # DA3: [1, 2, C] camera tokens (reference view, other views) that replace cls from block `alt_start` on
+        self.camera_token = nn.Parameter(torch.zeros(1, 2, embed_dim, **kw)) if alt_start >= 0 else None
+        self.alt_start = alt_start
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim, **kw)
+        self.rope = RotaryEmbedding2D(rope_freq) if rope_start >= 0 else None
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias, ffn_bias=ffn_bias,
-                  init_values=init_values, norm_eps=norm_eps, ffn_layer=ffn_layer, **kw)
-            for _ in range(depth)
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_bias=proj_bias,
+                ffn_bias=ffn_bias,
+                init_values=init_values,
+                norm_eps=norm_eps,
+                ffn_layer=ffn_layer,
+                qk_norm=0 <= qknorm_start <= i,
+                rope=self.rope if 0 <= rope_start <= i else None,
+                **kw,
+            )
+            for i in range(depth)
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps, **kw)
+        # DA3 builds its final norm with the LayerNorm default eps 1e-5 while its blocks use 1e-6
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps if final_norm_eps is None else final_norm_eps, **kw)
 
     def interpolate_pos_encoding(self, h: int, w: int, height_px: int, width_px: int) -> torch.Tensor:
         """Position embedding for an h×w patch grid: [1, 1 + h*w, C] (row 0 is the cls token's)."""
