@@ -327,7 +327,7 @@ class DualDPTHead(nn.Module):
         B, S = features[0].shape[:2]
         s = self.scratch
         lateral = []
-        for i, (x, project, resize) in enumerate(zip(features, self.projects, self.resize_layers), 1):
+        for i, (x, project, resize) in enumerate(zip(features, self.projects, self.resize_layers, strict=True), 1):
             x = self.norm(x.reshape(B * S, h * w, -1))
             x = add_position_embedding(project(x.transpose(1, 2).reshape(B * S, -1, h, w)), W, H)
             lateral.append(getattr(s, f"layer{i}_rn")(resize(x)))
