@@ -1,0 +1,1 @@
+"""Library side of the streaming nodes: keyframe selection, window scheduling, window alignment, the global map."""
