@@ -43,7 +43,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, Exception) as exc:  # noqa: BLE001
         # torch.load raises many unrelated types for truncated / foreign files; all mean "not a checkpoint"
-        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # training-code checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -59,6 +61,26 @@ def strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str
     return state
 
 
+def fill_shared_aliases(
+    state: dict[str, torch.Tensor], aliases: dict[str, str], source: str
+) -> dict[str, torch.Tensor]:
+    """Add the names a file omits for tensors that modules share, from the model's explicit alias table.
+
+    safetensors stores a shared tensor once (DA3's aux LayerNorm: `models.da3.SHARED_TENSOR_ALIASES`); `aliases`
+    maps each omitted name to the stored one. A file that does store both must store the same values.
+    """
+    if not aliases:
+        return state
+    state = dict(state)
+    for alias, stored in aliases.items():
+        if alias in state:
+            if stored in state and not torch.equal(state[alias], state[stored]):
+                raise CheckpointError(f"checkpoint {source}: {alias} and {stored} are one shared tensor but differ")
+        elif stored in state:
+            state[alias] = state[stored]
+    return state
+
+
 def _describe(keys: list[str], shapes: dict[str, tuple], limit: int = 5) -> str:
     shown = ", ".join(f"{k} {list(shapes[k])}" if k in shapes else k for k in keys[:limit])
     return shown + (", …" if len(keys) > limit else "")
@@ -68,16 +90,21 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     """Copy `state` into `model`; every key must match in name and shape, or one CheckpointError lists the diff."""
     own = model.state_dict()
     state = strip_prefix(state, set(own))
+    state = fill_shared_aliases(state, getattr(model, "shared_tensor_aliases", {}), source)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mis_shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or mis_shaped:
         own_shapes = {k: tuple(v.shape) for k, v in own.items()}
         their_shapes = {k: tuple(v.shape) for k, v in state.items()}
-        parts = [f"{len(missing)} missing keys ({_describe(missing, own_shapes)})" if missing else "0 missing",
-                 f"{len(unexpected)} unexpected ({_describe(unexpected, their_shapes)})" if unexpected else "0 unexpected"]
+        parts = [
+            f"{len(missing)} missing keys ({_describe(missing, own_shapes)})" if missing else "0 missing",
+            f"{len(unexpected)} unexpected ({_describe(unexpected, their_shapes)})" if unexpected else "0 unexpected",
+        ]
         if mis_shaped:
-            shown = ", ".join(f"{k}: model {list(own_shapes[k])} vs file {list(their_shapes[k])}" for k in mis_shaped[:5])
+            shown = ", ".join(
+                f"{k}: model {list(own_shapes[k])} vs file {list(their_shapes[k])}" for k in mis_shaped[:5]
+            )
             parts.append(f"{len(mis_shaped)} wrong shapes ({shown}{', …' if len(mis_shaped) > 5 else ''})")
         hint = ""
         if missing and all(k.startswith("track_head.") for k in missing):

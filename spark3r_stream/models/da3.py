@@ -20,6 +20,9 @@ from spark3r_stream.models.layers import DinoVisionTransformer, TokenLayout, gri
 from spark3r_stream.models.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from spark3r_stream.models.targets import ReductionTargets, map_sensitive_layers
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 RefViewStrategy = Literal["saddle_balanced", "saddle_sim_range", "first", "middle"]
 
 # The four `output_conv2_aux.{level}.2` LayerNorms are one shared module; the released safetensors keep only the
@@ -201,6 +204,9 @@ class DepthAnything3(nn.Module):
             if cfg.enable_gs_head else None
         )  # fmt: skip
         self.shared_tensor_aliases = SHARED_TENSOR_ALIASES  # read by checkpoint.load_state_dict_strict
+        # the official net consumes normalised images (its API normalises); ours takes [0, 1] like every family
+        self.register_buffer("_image_mean", torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1), persistent=False)
+        self.register_buffer("_image_std", torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1), persistent=False)
 
     def forward(
         self,
@@ -210,15 +216,17 @@ class DepthAnything3(nn.Module):
         intrinsics: torch.Tensor | None = None,
         export_feat_layers: tuple[int, ...] = (),
         ref_view_strategy: RefViewStrategy | None = None,
+        images_normalized: bool = False,
         return_intermediates: bool = False,
     ) -> dict:
         """Official `DepthAnything3Net.forward` outputs (camera-decoder pose path).
 
         Args:
-            images: [S, 3, H, W] or [B, S, 3, H, W], **ImageNet-normalised** (as the official net consumes them).
+            images: [S, 3, H, W] or [B, S, 3, H, W] RGB in [0, 1]; H, W multiples of 14.
             extrinsics: known world-to-camera poses [B, S, 4, 4] (OpenCV) with `intrinsics` [B, S, 3, 3] in pixels:
                 the camera-encoder path (no reference reordering).
             ref_view_strategy: default `config.ref_view_strategy`.
+            images_normalized: the images are already ImageNet-normalised (what the official net consumes).
             return_intermediates: add `ray`, `ray_conf`, `pose_enc`, `ref_view_index`, `backbone_features`.
 
         Returns:
@@ -228,6 +236,8 @@ class DepthAnything3(nn.Module):
         if images.dim() == 4:
             images = images.unsqueeze(0)
         H, W = images.shape[-2:]
+        if not images_normalized:
+            images = (images - self._image_mean) / self._image_std
         cam_tokens = None
         if extrinsics is not None:
             if intrinsics is None:
