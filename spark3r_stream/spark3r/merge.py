@@ -96,8 +96,13 @@ def build_merge_index(
         target = group_tokens - (-(-group_tokens // r_q))  # n - ceil(n / r_Q)
         num_merged = torch.minimum(target, src_valid.sum(-1))
     return MergeIndex(
-        dst=dst.to(device), dst_valid=dst_valid.to(device), src=src.to(device), src_valid=src_valid.to(device),
-        num_merged=num_merged.to(device), num_tokens=S * P, num_kept=S * P - int(num_merged.sum()),
+        dst=dst.to(device),
+        dst_valid=dst_valid.to(device),
+        src=src.to(device),
+        src_valid=src_valid.to(device),
+        num_merged=num_merged.to(device),
+        num_tokens=S * P,
+        num_kept=S * P - int(num_merged.sum()),
     )
 
 
@@ -119,8 +124,11 @@ class QueryMerge:
         B, H, N, d = q.shape
         R = self.src_tokens.shape[1]
         total = q.clone()
-        total.scatter_add_(2, self.dst_tokens[:, None, :, None].expand(B, H, R, d),
-                           q.gather(2, self.src_tokens[:, None, :, None].expand(B, H, R, d)))
+        total.scatter_add_(
+            2,
+            self.dst_tokens[:, None, :, None].expand(B, H, R, d),
+            q.gather(2, self.src_tokens[:, None, :, None].expand(B, H, R, d)),
+        )
         count = torch.ones(B, N, dtype=q.dtype, device=q.device)
         count.scatter_add_(1, self.dst_tokens, torch.ones_like(self.dst_tokens, dtype=q.dtype))
         M = self.kept.shape[1]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spark3r_stream.config import check_field, load_config
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.models.layers.attention import TokenLayout
 from spark3r_stream.models.targets import ReductionTargets
@@ -33,70 +34,38 @@ class Spark3RConfig:
     protect_reference_frame: bool = True  # §3.3 (not in paper): the backbone's reference frame is never merged
     sensitive_layers: tuple[int, ...] | None = None  # §3.6: None = the backbone's declared (paper probe) set
     probe_file: str | None = None  # a `spark3r probe` schedule; overrides `sensitive_layers`
-    r_kv_overrides: Mapping[int, int] = field(default_factory=dict)  # global-layer index -> forced r_KV (probe)
+    r_kv_overrides: dict[int, int] = field(default_factory=dict)  # global-layer index -> forced r_KV (probe)
 
     def __post_init__(self) -> None:
         for name in ("r_q", "r_kv"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"spark3r.{name}: expected null or int >= 1, got {value!r}")
+            check_field(self, name, value is None or (_is_int(value) and value >= 1), "null or int >= 1")
         for name in ("layer_multiplier", "group_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"spark3r.{name}: expected int >= 1, got {value!r}")
-        if self.similarity not in ("query", "input"):
-            raise ConfigError(f"spark3r.similarity: expected 'query' or 'input', got {self.similarity!r}")
-        if self.kv_special_tokens not in ("drop", "keep"):
-            raise ConfigError(f"spark3r.kv_special_tokens: expected 'drop' or 'keep', got {self.kv_special_tokens!r}")
+            check_field(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "int >= 1")
+        check_field(self, "similarity", self.similarity in ("query", "input"), "'query' or 'input'")
+        check_field(self, "kv_special_tokens", self.kv_special_tokens in ("drop", "keep"), "'drop' or 'keep'")
         if self.region_size is not None:
             region = tuple(self.region_size)
-            if len(region) != 2 or not all(isinstance(v, int) and v >= 1 for v in region):
-                raise ConfigError(f"spark3r.region_size: expected null or [rows >= 1, cols >= 1], got {self.region_size!r}")
+            ok = len(region) == 2 and all(_is_int(v) and v >= 1 for v in region)
+            check_field(self, "region_size", ok, "null or [rows >= 1, cols >= 1]")
             object.__setattr__(self, "region_size", region)
         if self.sensitive_layers is not None:
-            object.__setattr__(self, "sensitive_layers", tuple(int(i) for i in self.sensitive_layers))
-        overrides = {int(k): v for k, v in dict(self.r_kv_overrides).items()}
-        for layer, value in overrides.items():
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"spark3r.r_kv_overrides.{layer}: expected int >= 1, got {value!r}")
+            ok = all(_is_int(i) and i >= 0 for i in self.sensitive_layers)
+            check_field(self, "sensitive_layers", ok, "null or a list of global-layer indices >= 0")
+            object.__setattr__(self, "sensitive_layers", tuple(self.sensitive_layers))
+        overrides = dict(self.r_kv_overrides)
+        ok = all(_is_int(k) and k >= 0 and _is_int(v) and v >= 1 for k, v in overrides.items())
+        check_field(self, "r_kv_overrides", ok, "a mapping of global-layer index >= 0 to int >= 1")
         object.__setattr__(self, "r_kv_overrides", overrides)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "spark3r") -> Spark3RConfig:
-        """Build from a YAML/JSON mapping; unknown keys fail with the nearest valid name."""
-        import difflib
 
-        names = [f for f in cls.__dataclass_fields__]
-        unknown = [k for k in data if k not in names]
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], names, n=1)
-            raise ConfigError(
-                f"{source}: unknown key {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            )
-        return cls(**dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["r_kv_overrides"] = {str(k): v for k, v in self.r_kv_overrides.items()}
-        return data
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def load_config_file(path: str | Path) -> Spark3RConfig:
-    """A `configs/spark3r/*.yaml` preset (mapping of Spark3RConfig fields; `preset:` names a sibling base file)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"spark3r config {path}: file not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"spark3r config {path}: expected a mapping, got {type(data).__name__}")
-    base = data.pop("preset", None)
-    if base is not None:
-        merged = load_config_file(path.with_name(f"{base}.yaml")).to_dict()
-        merged.update(data)
-        data = merged
-    return Spark3RConfig.from_dict(data, source=f"spark3r config {path}")
+def load_config_file(path: str | Path, overrides: Sequence[str] = ()) -> Spark3RConfig:
+    """A `configs/spark3r/*.yaml` preset (Spark3RConfig fields; `preset:` names a base) plus `--set` overrides."""
+    return load_config(Spark3RConfig, path, overrides)
 
 
 def paper_r_q(num_frames: int) -> int:
@@ -255,13 +224,31 @@ def make_plan(layout: TokenLayout, targets: ReductionTargets, config: Spark3RCon
         num_keys = len(frames) * layout.tokens_per_frame
         if config.kv_special_tokens == "keep":
             num_keys += (S - len(frames)) * layout.num_special
-        layers.append(LayerPlan(
-            layer=i, path=path, sensitive=i in sensitive, r_q=r_q, r_kv=layer_r_kv, num_tokens=N,
-            num_queries=N - merged, num_keys=num_keys, kept_frames=frames,
-        ))
+        layers.append(
+            LayerPlan(
+                layer=i,
+                path=path,
+                sensitive=i in sensitive,
+                r_q=r_q,
+                r_kv=layer_r_kv,
+                num_tokens=N,
+                num_queries=N - merged,
+                num_keys=num_keys,
+                kept_frames=frames,
+            )
+        )
     return ReductionPlan(
-        num_frames=S, tokens_per_frame=layout.tokens_per_frame, num_special=layout.num_special,
-        grid_hw=tuple(layout.grid_hw), r_q=r_q, r_kv=r_kv, layer_multiplier=config.layer_multiplier,
-        group_size=config.group_size, region_size=region, similarity=config.similarity,
-        kv_special_tokens=config.kv_special_tokens, protected_frame=protected, layers=tuple(layers),
+        num_frames=S,
+        tokens_per_frame=layout.tokens_per_frame,
+        num_special=layout.num_special,
+        grid_hw=tuple(layout.grid_hw),
+        r_q=r_q,
+        r_kv=r_kv,
+        layer_multiplier=config.layer_multiplier,
+        group_size=config.group_size,
+        region_size=region,
+        similarity=config.similarity,
+        kv_special_tokens=config.kv_special_tokens,
+        protected_frame=protected,
+        layers=tuple(layers),
     )

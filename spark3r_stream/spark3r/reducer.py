@@ -46,8 +46,12 @@ class ReductionSession:
         index = self._merge_indices.get(key)
         if index is None:
             index = build_merge_index(
-                layout, r_q=plan.r_q, group_size=plan.group_size, region=plan.region_size,
-                protected_frame=plan.protected_frame, device=device,
+                layout,
+                r_q=plan.r_q,
+                group_size=plan.group_size,
+                region=plan.region_size,
+                protected_frame=plan.protected_frame,
+                device=device,
             )
             self._merge_indices[key] = index
         return index
@@ -96,8 +100,11 @@ class GlobalReducer:
 
 def attached_reducers(model: nn.Module) -> list[tuple[str, Attention]]:
     """(path, attention) of every Attention in `model` that has a GlobalReducer attached."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, Attention)
-            and isinstance(m.reducer, GlobalReducer)]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, Attention) and isinstance(m.reducer, GlobalReducer)
+    ]
 
 
 def new_session(model: nn.Module, config: Spark3RConfig, targets: ReductionTargets) -> ReductionSession:

@@ -1,0 +1,121 @@
+"""Spark3R query merge: destinations, groups, protection, Eq. 3 means and the copy-back."""
+
+from __future__ import annotations
+
+import torch
+
+from spark3r_stream.models.layers import sdpa
+from spark3r_stream.spark3r import Spark3RConfig, make_plan
+from spark3r_stream.spark3r.merge import build_merge_index, destination_cells, match_queries
+from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
+from tests.unit.spark3r.conftest import global_positions, make_attention, make_layout, single_layer_targets
+
+TIGHT = 1e-5  # float32 attention over <= 400 tokens; a real merge error is O(0.1)
+
+
+def merged_of(num_frames=12, r_q=3, group_size=5, protected=0, batch=2, grid_hw=(4, 4)):
+    layout = make_layout(num_frames, grid_hw=grid_hw)
+    index = build_merge_index(layout, r_q=r_q, group_size=group_size, region=(2, 2), protected_frame=protected)
+    metric = torch.randn(batch, layout.num_frames * layout.tokens_per_frame, 8)
+    return layout, index, match_queries(metric, index)
+
+
+def test_destination_offset_cycles_with_the_frame():
+    cells = destination_cells((4, 4), (2, 2)).view(4, 4, 4)
+    assert cells.sum(dim=(1, 2)).tolist() == [4, 4, 4, 4]  # one per 2x2 region
+    assert cells[0, ::2, ::2].all() and cells[1, ::2, 1::2].all() and cells[3, 1::2, 1::2].all()
+    edge = destination_cells((3, 5), (2, 2))  # partial regions at the bottom and right edges: still one each
+    assert edge.sum(dim=1).tolist() == [6, 6, 6, 6]
+    assert not (edge[0] & edge[3]).all()
+
+
+def test_merged_count_matches_the_plan():
+    layout, index, merge = merged_of()
+    plan = make_plan(layout, single_layer_targets(), Spark3RConfig(r_q=3, group_size=5))
+    assert merge.kept.shape == (2, plan.layers[0].num_queries)
+    assert index.num_kept == plan.layers[0].num_queries
+
+
+def test_no_merge_crosses_a_group_boundary():
+    layout, _, merge = merged_of(num_frames=12, group_size=5)
+    P = layout.tokens_per_frame
+    assert merge.src_tokens.numel() > 0
+    assert torch.equal((merge.src_tokens // P) // 5, (merge.dst_tokens // P) // 5)
+
+
+def test_protected_tokens_are_never_merged():
+    layout, _, merge = merged_of(r_q=4)
+    P, s0 = layout.tokens_per_frame, layout.num_special
+    touched = torch.cat([merge.src_tokens, merge.dst_tokens], dim=1)
+    assert not (touched % P < s0).any(), "a special token was merged"
+    assert not (touched // P == 0).any(), "a token of the reference frame was merged"
+    _, _, unprotected = merged_of(r_q=4, protected=None)
+    assert (unprotected.src_tokens // P == 0).any()
+
+
+def test_protected_tokens_keep_their_own_queries():
+    layout, _, merge = merged_of(r_q=4)
+    q = torch.randn(2, 2, layout.num_frames * layout.tokens_per_frame, 4)
+    reduced = merge.merge(q)
+    own = merge.unmerge(reduced.transpose(1, 2).flatten(2))  # each token reads the reduced row it maps to
+    P = layout.tokens_per_frame
+    token = torch.arange(q.shape[2])
+    protected = (token % P < layout.num_special) | (token // P == 0)
+    assert torch.equal(own[:, protected], q.transpose(1, 2).flatten(2)[:, protected])
+
+
+def test_destination_becomes_the_mean_of_its_sources():
+    layout, _, merge = merged_of(r_q=3, batch=1)
+    q = torch.randn(1, 2, layout.num_frames * layout.tokens_per_frame, 4)
+    full = merge.unmerge(merge.merge(q).transpose(1, 2).flatten(2))[0]
+    dst = int(merge.dst_tokens[0, 0])
+    members = [dst] + merge.src_tokens[0][merge.dst_tokens[0] == dst].tolist()
+    expected = q[0].transpose(0, 1).flatten(1)[members].mean(dim=0)
+    torch.testing.assert_close(full[dst], expected)
+    for src in members:
+        assert torch.equal(full[src], full[dst])
+
+
+def test_sources_pick_their_most_similar_destination():
+    layout = make_layout(4)
+    index = build_merge_index(layout, r_q=2, group_size=4, region=(2, 2), protected_frame=None)
+    metric = torch.randn(1, 4 * layout.tokens_per_frame, 8)
+    merge = match_queries(metric, index)
+    unit = torch.nn.functional.normalize(metric[0], dim=-1)
+    dst_all = index.dst[0]
+    for src, dst in zip(merge.src_tokens[0].tolist(), merge.dst_tokens[0].tolist(), strict=True):
+        sims = unit[src] @ unit[dst_all].T
+        assert dst == int(dst_all[sims.argmax()])
+
+
+def test_merged_tokens_receive_identical_outputs():
+    layout = make_layout(12)
+    attn = make_attention()
+    attn.reducer = GlobalReducer(0, ReductionSession(Spark3RConfig(r_q=3, group_size=5), single_layer_targets()))
+    x = torch.randn(2, 12 * layout.tokens_per_frame, 16)
+    pos = global_positions(layout, batch=2)
+    with torch.no_grad():
+        out = attn(x, pos, layout)
+        metric = attn.project(x, pos, "q").transpose(1, 2).flatten(2)
+    index = build_merge_index(layout, r_q=3, group_size=5, region=(2, 2), protected_frame=0)
+    merge = match_queries(metric, index)
+    assert merge.src_tokens.shape[1] > 50
+    for b in range(2):
+        assert torch.equal(out[b, merge.src_tokens[b]], out[b, merge.dst_tokens[b]])
+
+
+def test_identical_frames_merge_reproduces_dense_attention():
+    layout = make_layout(10)
+    attn = make_attention()
+    frame = torch.randn(1, 1, layout.tokens_per_frame, 16)
+    x = frame.expand(1, 10, -1, -1).reshape(1, -1, 16)
+    pos = global_positions(layout)
+    with torch.no_grad():
+        dense = attn(x, pos, layout)
+        for config in (Spark3RConfig(r_q=4, r_kv=1, group_size=5), Spark3RConfig(r_q=3, r_kv=1, similarity="input")):
+            attn.reducer = GlobalReducer(0, ReductionSession(config, single_layer_targets(reference_frame=None)))
+            merged = attn(x, pos, layout)
+            assert attn.reducer.session.plan(layout).layers[0].num_queries == 10 * (2 + 4)  # every source merged
+            torch.testing.assert_close(merged, dense, atol=TIGHT, rtol=TIGHT)
+    q, k, v = attn.project_qkv(x, pos)
+    torch.testing.assert_close(attn.project_out(sdpa(q, k, v)), dense)
