@@ -217,6 +217,8 @@ class DepthAnything3(nn.Module):
         export_feat_layers: tuple[int, ...] = (),
         ref_view_strategy: RefViewStrategy | None = None,
         images_normalized: bool = False,
+        dense_frames: torch.Tensor | None = None,
+        infer_gs: bool = False,
         return_intermediates: bool = False,
     ) -> dict:
         """Official `DepthAnything3Net.forward` outputs (camera-decoder pose path).
@@ -227,6 +229,8 @@ class DepthAnything3(nn.Module):
                 the camera-encoder path (no reference reordering).
             ref_view_strategy: default `config.ref_view_strategy`.
             images_normalized: the images are already ImageNet-normalised (what the official net consumes).
+            dense_frames: views whose depth is decoded (default all; returned as `dense_frames`); cameras: all views.
+            infer_gs: also predict 3-D Gaussians (giant's `gs_head`; not implemented, raises).
             return_intermediates: add `ray`, `ray_conf`, `pose_enc`, `ref_view_index`, `backbone_features`.
 
         Returns:
@@ -236,6 +240,8 @@ class DepthAnything3(nn.Module):
         if images.dim() == 4:
             images = images.unsqueeze(0)
         H, W = images.shape[-2:]
+        if infer_gs and self.gs_head is None:
+            raise ValueError("DA3 infer_gs: this configuration has no Gaussian head (only da3-giant has one)")
         if not images_normalized:
             images = (images - self._image_mean) / self._image_std
         cam_tokens = None
@@ -249,9 +255,12 @@ class DepthAnything3(nn.Module):
             export_feat_layers=tuple(export_feat_layers),
         )  # fmt: skip
         with torch.autocast(device_type=images.device.type, enabled=False):
-            dense = self.head([f.float() for f, _ in backbone.taps], (H, W))
+            features = [f.float() if dense_frames is None else f[:, dense_frames].float() for f, _ in backbone.taps]
+            dense = self.head(features, (H, W))
             pose_enc = self.cam_dec(backbone.taps[-1][1].float())
             cam_from_world, intrinsics_out = da3_pose_encoding_to_extri_intri(pose_enc, (H, W))
+        if infer_gs:
+            self.gs_head([f for f, _ in backbone.taps], (H, W), patch_start_idx=0)  # raises NotImplementedError
         out = {
             "depth": dense["depth"],
             "depth_conf": dense["depth_conf"],
@@ -259,6 +268,8 @@ class DepthAnything3(nn.Module):
             "intrinsics": intrinsics_out,
             "aux": {f"feat_layer_{i}": t for i, t in backbone.exports.items()},
         }
+        if dense_frames is not None:
+            out["dense_frames"] = dense_frames
         if return_intermediates:
             out.update(ray=dense["ray"], ray_conf=dense["ray_conf"], pose_enc=pose_enc, cam_tokens=cam_tokens,
                        ref_view_index=backbone.ref_view_index, backbone_features=backbone.taps,

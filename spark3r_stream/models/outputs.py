@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spark3r_stream.geometry import unproject_depth
 from spark3r_stream.models.pose_encoding import pose_encoding_to_extri_intri
 
 
@@ -70,8 +71,83 @@ def vggt_outputs_to_prediction(out: dict, image_hw: tuple[int, int]) -> dict[str
     }
 
 
+def _dense_index(out: dict, num_frames: int) -> np.ndarray:
+    frames = out.get("dense_frames")
+    return np.arange(num_frames) if frames is None else frames.detach().cpu().numpy().reshape(-1)
+
+
+def fit_intrinsics(local_points: np.ndarray) -> np.ndarray:
+    """Pinhole intrinsics [S, 3, 3] of camera-frame point maps [S, H, W, 3] by least squares per axis.
+
+    Solves u = fx·x/z + cx over all pixels (u = column index, v = row index: the `geometry.unproject_depth`
+    convention), likewise for v; π³ outputs no intrinsics (reference_pi3.md §3).
+    """
+    S, H, W, _ = local_points.shape
+    points = local_points.astype(np.float64)
+    ratio = points[..., :2] / points[..., 2:3]
+    u = np.broadcast_to(np.arange(W, dtype=np.float64)[None, :], (H, W)).reshape(-1)
+    v = np.broadcast_to(np.arange(H, dtype=np.float64)[:, None], (H, W)).reshape(-1)
+    intrinsics = np.tile(np.eye(3), (S, 1, 1))
+    for s in range(S):
+        for axis, pixel in ((0, u), (1, v)):
+            design = np.stack([ratio[s, ..., axis].reshape(-1), np.ones_like(pixel)], axis=-1)
+            (focal, centre), *_ = np.linalg.lstsq(design, pixel, rcond=None)
+            intrinsics[s, axis, axis] = focal
+            intrinsics[s, axis, 2] = centre
+    return intrinsics
+
+
+def pi3_outputs_to_prediction(out: dict, image_hw: tuple[int, int]) -> dict[str, np.ndarray | None]:
+    """π³: camera_poses are camera-to-world (OpenCV) in π³'s canonical frame, as released; batch item 0.
+
+    Intrinsics are fitted to the decoded views' local point maps; views not decoded this call (dense_frames)
+    get the mean of the fitted ones (one camera per stream). Confidences are sigmoid(logit) in (0, 1).
+    """
+    world_from_cam = out["camera_poses"][0].double().cpu().numpy()
+    local_points = _np(out["local_points"][0])
+    dense = _dense_index(out, len(world_from_cam))
+    fitted = fit_intrinsics(local_points)
+    intrinsics = np.broadcast_to(fitted.mean(axis=0), (len(world_from_cam), 3, 3)).copy()
+    intrinsics[dense] = fitted
+    conf = torch.sigmoid(out["conf"][0, ..., 0].float())
+    return {
+        "world_from_cam": world_from_cam,
+        "intrinsics": intrinsics,
+        "depth": local_points[..., 2],
+        "depth_conf": _np(conf),
+        "world_points": _np(out["points"][0]),
+        "points_conf": _np(conf),
+    }
+
+
+def da3_outputs_to_prediction(out: dict, image_hw: tuple[int, int]) -> dict[str, np.ndarray | None]:
+    """DA3: official extrinsics are world-to-camera (OpenCV), world = as the network returns it; batch item 0.
+
+    World points unproject the depth with the predicted intrinsics (`geometry.unproject_depth`) and map them by
+    camera-to-world, as the official API does; depth_conf is the official exp(.)+1 (≥ 1).
+    """
+    world_from_cam = cam_from_world_to_world_from_cam(out["extrinsics"][0].double().cpu().numpy())
+    intrinsics = out["intrinsics"][0].double().cpu().numpy()
+    depth = _np(out["depth"][0])
+    dense = _dense_index(out, len(world_from_cam))
+    points_cam = unproject_depth(depth, intrinsics[dense])
+    rotation, translation = world_from_cam[dense, :3, :3], world_from_cam[dense, :3, 3]
+    world_points = np.einsum("sij,shwj->shwi", rotation, points_cam) + translation[:, None, None, :]
+    conf = _np(out["depth_conf"][0])
+    return {
+        "world_from_cam": world_from_cam,
+        "intrinsics": intrinsics,
+        "depth": depth,
+        "depth_conf": conf,
+        "world_points": world_points.astype(np.float32),
+        "points_conf": conf,
+    }
+
+
 CONVERTERS: dict[str, Callable[[dict, tuple[int, int]], dict[str, np.ndarray | None]]] = {
     "vggt": vggt_outputs_to_prediction,
+    "pi3": pi3_outputs_to_prediction,
+    "da3": da3_outputs_to_prediction,
 }
 
 

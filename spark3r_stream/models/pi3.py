@@ -146,7 +146,8 @@ class Pi3(nn.Module):
         Args:
             images: [S, 3, H, W] or [B, S, 3, H, W], RGB in [0, 1] (normalised inside); H, W multiples of 14.
             patch_tokens: cached `encode(images)` output [B, S, h*w, C].
-            dense_frames: views whose points/conf are decoded (default all); cameras are predicted for all views.
+            dense_frames: views whose points/conf are decoded (default all; returned as `dense_frames`); cameras are
+                predicted for all views.
             return_intermediates: add `encoder_tokens` and `decoder_hidden` [B*S, P, 2C] (parity taps).
 
         Returns:
@@ -182,6 +183,8 @@ class Pi3(nn.Module):
             "conf": conf.reshape(B, -1, H, W, 1),
             "camera_poses": camera_poses,
         }
+        if dense_frames is not None:
+            out["dense_frames"] = dense_frames
         if return_intermediates:
             out["encoder_tokens"] = patch_tokens
             out["decoder_hidden"] = hidden
