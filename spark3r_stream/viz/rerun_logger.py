@@ -3,7 +3,7 @@
 The only module that imports rerun. One entity per keyframe: its transform (re-logged only when the pose
 changes), pinhole camera with its image and points in its camera frame (logged once, again only if a later
 window re-builds them); the trajectory, the fused map and the newest keyframe's depth. Timelines `frame_seq`
-and `capture_time` (seconds, shared by every node so their data lines up).
+and `capture_time` (seconds as a duration: replayed datasets and synthetic sequences start anywhere, often at 0).
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def open_recording(config: RerunConfig) -> tuple[rr.RecordingStream, rr.MemoryRe
         if not path.parent.is_dir():
             raise ConfigError(f"rerun rrd_path {path}: folder {path.parent} does not exist")
         sinks.append(rr.FileSink(path))
-    recording.set_sinks(*sinks)
+    from spark3r_stream.viz.blueprint import default_blueprint  # here: blueprint.py imports EntityPaths from here
+
+    recording.set_sinks(*sinks, default_blueprint=default_blueprint())
     log.info("rerun recording to %s", ", ".join(type(sink).__name__ for sink in sinks))
     return recording, None
 

@@ -8,9 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 
 from spark3r_stream.config import apply_overrides, check_field, from_dict, load_config, load_yaml, to_dict
 from spark3r_stream.errors import ConfigError
+from spark3r_stream.stream.alignment import AlignmentConfig
+from spark3r_stream.stream.global_map import GlobalMapConfig
+from spark3r_stream.stream.keyframes import KeyframeSelectorConfig
+from spark3r_stream.stream.windows import WindowSchedulerConfig
+from spark3r_stream.viz.rerun_logger import RerunConfig
 
 
 class Color(str, Enum):
@@ -196,6 +202,23 @@ def test_missing_and_circular_presets(tmp_path):
     (tmp_path / "b.yaml").write_text("preset: a\n")
     with pytest.raises(ConfigError, match="preset chain is circular"):
         load_config(LaunchConfig, tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    "config_cls",
+    [KeyframeSelectorConfig, WindowSchedulerConfig, AlignmentConfig, GlobalMapConfig, RerunConfig],
+    ids=lambda cls: cls.__name__,
+)
+def test_library_configs_round_trip_through_yaml(config_cls, tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config_cls())))
+    assert load_config(config_cls, path) == config_cls()
+
+
+def test_nested_library_config_error_path():
+    with pytest.raises(ConfigError) as info:
+        load_config(GlobalMapConfig, None, ["alignment.trim_k=0.5"])
+    assert str(info.value) == "--set alignment.trim_k=0.5: alignment.trim_k: expected float >= huber_k, got 0.5"
 
 
 def test_apply_overrides_parses_yaml_scalars_and_rejects_malformed():

@@ -78,6 +78,7 @@ def test_rrd_saved_and_read_back(tmp_path):
     assert positions["/world/map"] == 1  # the fused map at finish
     assert {"frame_seq", "capture_time"} <= timelines
     assert [entry.recording_id for entry in RrdReader(rrd).recordings()] == ["run-test"]
+    assert len(RrdReader(rrd).blueprints()) == 1  # the default layout travels with the file
 
 
 def test_memory_recording_holds_the_data(tmp_path):
