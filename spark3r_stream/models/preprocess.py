@@ -28,8 +28,10 @@ def open_image(path: str | Path) -> Image.Image:
     """An RGB PIL image; RGBA is composited onto white as the official loader does."""
     path = Path(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        raise InputError(f"image {path}: this is a video file; pass it as a video source (e.g. `spark3r demo` / "
-                         "launch/replay_video.yaml) or extract frames first")
+        raise InputError(
+            f"image {path}: this is a video file; pass it as a video source (e.g. `spark3r demo` / "
+            "launch/replay_video.yaml) or extract frames first"
+        )
     if not path.is_file():
         raise InputError(f"image {path}: no such file")
     try:
@@ -53,8 +55,9 @@ def _pad_to(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(img, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), mode="constant", value=1.0)
 
 
-def preprocess_image(img: Image.Image, mode: Literal["crop", "pad"] = "crop", target_size: int = 518,
-                     patch_size: int = 14) -> torch.Tensor:
+def preprocess_image(
+    img: Image.Image, mode: Literal["crop", "pad"] = "crop", target_size: int = 518, patch_size: int = 14
+) -> torch.Tensor:
     """One RGB PIL image -> [3, H, W] in [0, 1]."""
     if mode not in ("crop", "pad"):
         raise InputError(f"preprocessing mode {mode!r}: expected 'crop' or 'pad'")
@@ -81,7 +84,9 @@ def stack_padded(images: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(shapes) > 1:
         height = max(s[0] for s in shapes)
         width = max(s[1] for s in shapes)
-        log.warning("images have %d different sizes after preprocessing; padding all to %dx%d", len(shapes), height, width)
+        log.warning(
+            "images have %d different sizes after preprocessing; padding all to %dx%d", len(shapes), height, width
+        )
         images = [_pad_to(t, height, width) for t in images]
     return torch.stack(list(images))
 

@@ -84,9 +84,16 @@ class Aggregator(nn.Module):
         self.patch_size = cfg.patch_size
         self.patch_start_idx = cfg.num_special_tokens
         self.patch_embed = DinoVisionTransformer(
-            img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=enc.embed_dim, depth=enc.depth,
-            num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio, num_register_tokens=enc.num_register_tokens,
-            ffn_layer=enc.ffn_layer, init_values=1.0, **kw,
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=enc.embed_dim,
+            depth=enc.depth,
+            num_heads=enc.num_heads,
+            mlp_ratio=enc.mlp_ratio,
+            num_register_tokens=enc.num_register_tokens,
+            ffn_layer=enc.ffn_layer,
+            init_values=1.0,
+            **kw,
         )
         self.rope = RotaryEmbedding2D(cfg.rope_freq) if cfg.rope_freq > 0 else None
         block_kw = dict(mlp_ratio=cfg.mlp_ratio, init_values=cfg.init_values, qk_norm=cfg.qk_norm, rope=self.rope, **kw)
@@ -94,8 +101,12 @@ class Aggregator(nn.Module):
         self.global_blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, **block_kw) for _ in range(cfg.depth))
         self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, cfg.embed_dim, **kw))
         self.register_token = nn.Parameter(torch.zeros(1, 2, cfg.num_register_tokens, cfg.embed_dim, **kw))
-        self.register_buffer("_resnet_mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "_resnet_mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "_resnet_std", torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1), persistent=False
+        )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Per-frame encoder: images [B, S, 3, H, W] in [0, 1] -> patch tokens [B, S, h*w, C].
@@ -138,7 +149,7 @@ class Aggregator(nn.Module):
         global_pos = pos.reshape(B, S * P, 2)
         layout = TokenLayout(num_frames=S, tokens_per_frame=P, num_special=self.patch_start_idx, grid_hw=(h, w))
         outputs: list[torch.Tensor | None] = []
-        for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks)):
+        for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks, strict=True)):
             tokens = frame_block(tokens.view(B * S, P, C), pos=pos)
             frame_out = tokens.view(B, S, P, C)
             tokens = global_block(tokens.view(B, S * P, C), pos=global_pos, layout=layout)
@@ -155,13 +166,25 @@ class VGGT(nn.Module):
         kw = {"device": device, "dtype": dtype}
         self.config = cfg
         dim_in = 2 * cfg.embed_dim
-        dpt_kw = dict(patch_size=cfg.patch_size, features=cfg.dpt_features, out_channels=cfg.dpt_out_channels,
-                      intermediate_layer_idx=cfg.dpt_layers, **kw)
+        dpt_kw = dict(
+            patch_size=cfg.patch_size,
+            features=cfg.dpt_features,
+            out_channels=cfg.dpt_out_channels,
+            intermediate_layer_idx=cfg.dpt_layers,
+            **kw,
+        )
         self.aggregator = Aggregator(cfg, **kw)
         self.camera_head = (
-            CameraHead(dim_in, trunk_depth=cfg.camera_trunk_depth, num_heads=cfg.camera_num_heads,
-                       mlp_ratio=cfg.mlp_ratio, num_iterations=cfg.camera_iterations, **kw)
-            if cfg.enable_camera else None
+            CameraHead(
+                dim_in,
+                trunk_depth=cfg.camera_trunk_depth,
+                num_heads=cfg.camera_num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                num_iterations=cfg.camera_iterations,
+                **kw,
+            )
+            if cfg.enable_camera
+            else None
         )
         self.point_head = DPTHead(dim_in, output_dim=4, activation="inv_log", **dpt_kw) if cfg.enable_point else None
         self.depth_head = DPTHead(dim_in, output_dim=2, activation="exp", **dpt_kw) if cfg.enable_depth else None
@@ -206,10 +229,12 @@ class VGGT(nn.Module):
                 predictions["pose_enc_list"] = pose_enc_list
             if self.depth_head is not None:
                 predictions["depth"], predictions["depth_conf"] = self.depth_head(
-                    tokens, image_hw, patch_start_idx, frames=dense_frames)
+                    tokens, image_hw, patch_start_idx, frames=dense_frames
+                )
             if self.point_head is not None:
                 predictions["world_points"], predictions["world_points_conf"] = self.point_head(
-                    tokens, image_hw, patch_start_idx, frames=dense_frames)
+                    tokens, image_hw, patch_start_idx, frames=dense_frames
+                )
         if not self.training:
             predictions["images"] = images
         if return_all_layers or return_tokens:

@@ -36,8 +36,17 @@ class CrossAttnBlock(nn.Module):
 
 
 class EfficientUpdateFormer(nn.Module):
-    def __init__(self, depth: int, input_dim: int, hidden_size: int, output_dim: int, num_heads: int = 8,
-                 num_virtual_tracks: int = 64, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        input_dim: int,
+        hidden_size: int,
+        output_dim: int,
+        num_heads: int = 8,
+        num_virtual_tracks: int = 64,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.virual_tracks = nn.Parameter(torch.zeros(1, num_virtual_tracks, 1, hidden_size, **kw))  # official typo
@@ -47,13 +56,25 @@ class EfficientUpdateFormer(nn.Module):
         self.flow_head = nn.Linear(hidden_size, output_dim, **kw)
         self.time_blocks = nn.ModuleList(AttnBlock(hidden_size, num_heads, **kw) for _ in range(depth))
         self.space_virtual_blocks = nn.ModuleList(AttnBlock(hidden_size, num_heads, **kw) for _ in range(depth))
-        self.space_point2virtual_blocks = nn.ModuleList(CrossAttnBlock(hidden_size, num_heads, **kw) for _ in range(depth))
-        self.space_virtual2point_blocks = nn.ModuleList(CrossAttnBlock(hidden_size, num_heads, **kw) for _ in range(depth))
+        self.space_point2virtual_blocks = nn.ModuleList(
+            CrossAttnBlock(hidden_size, num_heads, **kw) for _ in range(depth)
+        )
+        self.space_virtual2point_blocks = nn.ModuleList(
+            CrossAttnBlock(hidden_size, num_heads, **kw) for _ in range(depth)
+        )
 
 
 class TrackerPredictor(nn.Module):
-    def __init__(self, latent_dim: int = 128, corr_levels: int = 7, corr_radius: int = 4, hidden_size: int = 384,
-                 depth: int = 6, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        corr_levels: int = 7,
+        corr_radius: int = 4,
+        hidden_size: int = 384,
+        depth: int = 6,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         transformer_dim = 3 * latent_dim + 4
@@ -71,8 +92,9 @@ class TrackHead(nn.Module):
     def __init__(self, dim_in: int, patch_size: int = 14, features: int = 128, device=None, dtype=None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
-        self.feature_extractor = DPTHead(dim_in, patch_size=patch_size, features=features, feature_only=True,
-                                         down_ratio=2, pos_embed=False, **kw)
+        self.feature_extractor = DPTHead(
+            dim_in, patch_size=patch_size, features=features, feature_only=True, down_ratio=2, pos_embed=False, **kw
+        )
         self.tracker = TrackerPredictor(latent_dim=features, **kw)
 
     def features(self, tokens, image_hw: tuple[int, int], patch_start_idx: int) -> torch.Tensor:

@@ -28,7 +28,9 @@ class TokenLayout:
 class TokenReducer(Protocol):
     """What `Attention.reducer` must be: it replaces the dense attention of one layer (see spark3r/reducer.py)."""
 
-    def __call__(self, attn: Attention, x: torch.Tensor, pos: torch.Tensor | None, layout: TokenLayout) -> torch.Tensor: ...
+    def __call__(
+        self, attn: Attention, x: torch.Tensor, pos: torch.Tensor | None, layout: TokenLayout
+    ) -> torch.Tensor: ...
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -98,7 +100,9 @@ class Attention(nn.Module):
         B, _, N, _ = o.shape
         return self.proj(o.transpose(1, 2).reshape(B, N, -1))
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, layout: TokenLayout | None = None
+    ) -> torch.Tensor:
         if self.reducer is not None and layout is not None:
             return self.reducer(self, x, pos, layout)
         q, k, v = self.project_qkv(x, pos)

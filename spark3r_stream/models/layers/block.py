@@ -40,13 +40,16 @@ class Block(nn.Module):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **kw)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
-                              norm_eps=1e-5, rope=rope, **kw)  # q/k-norm eps is 1e-5 in every family
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm, norm_eps=1e-5, rope=rope, **kw
+        )  # q/k-norm eps is 1e-5 in every family
         self.ls1 = LayerScale(dim, init_values, **kw) if init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **kw)
         self.mlp = MLP_LAYERS[ffn_layer](dim, int(dim * mlp_ratio), bias=ffn_bias, **kw)
         self.ls2 = LayerScale(dim, init_values, **kw) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor | None = None, layout: TokenLayout | None = None
+    ) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), pos=pos, layout=layout))
         return x + self.ls2(self.mlp(self.norm2(x)))

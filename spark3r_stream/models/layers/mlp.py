@@ -8,8 +8,15 @@ from torch import nn
 
 
 class Mlp(nn.Module):
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, bias: bool = True,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, **kw)
@@ -23,8 +30,15 @@ class Mlp(nn.Module):
 class SwiGLUFFN(nn.Module):
     """DINOv2 `SwiGLUFFNFused`: hidden width 2/3 of the nominal one, rounded up to a multiple of 8."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, bias: bool = True,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         hidden = (int(hidden_features * 2 / 3) + 7) // 8 * 8
         kw = {"device": device, "dtype": dtype}
