@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from spark3r_stream.models import build_model
+from spark3r_stream.models import build_model, load_weights
+from spark3r_stream.models.registry import get_preset, packaged_weights_path
 from spark3r_stream.train.data import ScenePool, make_batch
 from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, confident_regression, correspondence_loss
 
@@ -83,6 +84,13 @@ def stage_at(cfg: TrainConfig, step: int) -> Stage:
     return [s for s in cfg.curriculum if s.start_step <= step][-1]
 
 
+def safe_open_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata() or {}
+
+
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
     """Model weights as safetensors (what the package ships), float32."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +116,12 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         log.info("resumed %s at step %d", state_path, step)
+    elif resume and (shipped := packaged_weights_path(get_preset(cfg.preset))) is not None and shipped.exists():
+        # Across sessions only the shipped weights are kept (a few MB, committed): resume from them with a fresh
+        # optimizer; the warm-up re-estimates Adam's moments.
+        load_weights(model, shipped)
+        step = int(json.loads(safe_open_metadata(shipped).get("step", "0")))
+        log.info("resumed from the shipped weights %s at step %d (fresh optimizer)", shipped, step)
     rng = np.random.default_rng(cfg.seed * 7919 + step)
     pool = ScenePool(
         size=cfg.pool_size,
