@@ -69,10 +69,11 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, TrainConfig] = {"vggt-tiny": TrainConfig()}
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
+def learning_rate(cfg: TrainConfig, step: int, warm_from: int = 0) -> float:
+    """Warm-up (again after a resume with a fresh optimizer, from `warm_from`), constant peak, cosine decay."""
     total = cfg.schedule_total_steps or cfg.total_steps
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step - warm_from < cfg.warmup_steps:
+        return cfg.lr * (step - warm_from + 1) / cfg.warmup_steps
     decay_start = int(total * (1 - cfg.decay_fraction))
     if step < decay_start:
         return cfg.lr
@@ -108,7 +109,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
     aux = CorrespondenceHead(2 * model.config.embed_dim)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
+    step = warm_from = 0
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -120,7 +121,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         # Across sessions only the shipped weights are kept (a few MB, committed): resume from them with a fresh
         # optimizer; the warm-up re-estimates Adam's moments.
         load_weights(model, shipped)
-        step = int(json.loads(safe_open_metadata(shipped).get("step", "0")))
+        step = warm_from = int(json.loads(safe_open_metadata(shipped).get("step", "0")))
         log.info("resumed from the shipped weights %s at step %d (fresh optimizer)", shipped, step)
     rng = np.random.default_rng(cfg.seed * 7919 + step)
     pool = ScenePool(
@@ -157,7 +158,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             stage = stage_at(cfg, step)
             batch = make_batch(pool, rng, stage.num_clips, stage.clip_len, stage.max_gap)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step)
+                group["lr"] = learning_rate(cfg, step, warm_from)
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 out_dict = model(batch.images, return_tokens=True)
