@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                     json.dumps(
                         {
                             "step": step,
-                            "lr": learning_rate(cfg, step),
+                            "lr": learning_rate(cfg, step, warm_from),
                             "clip_len": stage.clip_len,
                             "step_s": round(time.perf_counter() - t0, 3),
                             **record,
@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                     "step %d clip %d lr %.2e %s",
                     step,
                     stage.clip_len,
-                    learning_rate(cfg, step),
+                    learning_rate(cfg, step, warm_from),
                     " ".join(f"{k} {v:.4f}" for k, v in running.items()),
                 )
             if step % cfg.checkpoint_every == 0:
