@@ -17,6 +17,8 @@ from spark3r_stream.models import Prediction, build_model, predict
 from spark3r_stream.models.preprocess import list_images, load_and_preprocess_images
 from spark3r_stream.models.registry import get_preset
 from spark3r_stream.report import RunReport, Stopwatch
+from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
+from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,6 @@ class InferOptions:
     spark3r_config: str | None = None
     mode: str = "crop"
     device: str = "auto"
-    conf_percentile: float = 50.0  # points below this confidence percentile are dropped from the PLY
     save_rrd: bool = True
 
 
@@ -70,14 +71,6 @@ def write_depth(out_dir: Path, names: Sequence[str], prediction: Prediction) -> 
 
 
 def write_cameras(out_dir: Path, names: Sequence[str], prediction: Prediction, depth_scale: float) -> None:
-    from spark3r_stream.eval.trajectory import write_tum
-
-    write_tum(
-        out_dir / "trajectory.tum",
-        np.arange(prediction.num_frames, dtype=float),
-        prediction.world_from_cam,
-        comment=f"spark3r infer {prediction.model}: camera-to-world, one line per input image in order",
-    )
     cameras = [
         {"image": name, "world_from_cam": pose.tolist(), "intrinsics": K.tolist()}
         for name, pose, K in zip(names, prediction.world_from_cam, prediction.intrinsics, strict=True)
@@ -96,12 +89,23 @@ def write_cameras(out_dir: Path, names: Sequence[str], prediction: Prediction, d
     )
 
 
-def confident_points(prediction: Prediction, images: torch.Tensor, percentile: float) -> tuple[np.ndarray, np.ndarray]:
-    """World points above the confidence percentile, with their colours (uint8)."""
+def fuse(prediction: Prediction, images: torch.Tensor, names: Sequence[str]) -> GlobalMap:
+    """The prediction as one window of a GlobalMap: the same fusion (confidence filter, voxels) as the pipeline."""
+    global_map = GlobalMap(GlobalMapConfig())
     colors = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    points, conf = prediction.world_points, prediction.points_conf
-    keep = conf >= np.percentile(conf, percentile)
-    return points[keep], colors[keep]
+    for i in range(prediction.num_frames):
+        global_map.add_keyframe(i, i, float(i), colors[i])
+    ids = list(range(prediction.num_frames))
+    global_map.integrate_window(
+        0,
+        ids,
+        prediction.world_from_cam,
+        prediction.intrinsics,
+        dense_keyframe_ids=[ids[i] for i in prediction.dense_frames],
+        depth=prediction.depth,
+        confidence=prediction.depth_conf,
+    )
+    return global_map
 
 
 def run_inference(inputs: Sequence[str], out_dir: Path, options: InferOptions) -> dict:
@@ -124,20 +128,18 @@ def run_inference(inputs: Sequence[str], out_dir: Path, options: InferOptions) -
         with watch("write"):
             scale = write_depth(out_dir, names, prediction)
             write_cameras(out_dir, names, prediction, scale)
-            points, colors = confident_points(prediction, images, options.conf_percentile)
-            from spark3r_stream.stream.global_map import write_ply
-
-            write_ply(out_dir / "points.ply", points, colors)
+            global_map = fuse(prediction, images, names)
+            exports = global_map.export(out_dir)
             if options.save_rrd:
-                from spark3r_stream.viz.rerun_logger import log_prediction_to_rrd
-
-                log_prediction_to_rrd(out_dir / "recording.rrd", prediction, images, names)
+                logger = MapLogger.open(RerunConfig(rrd_path=out_dir / "recording.rrd"))
+                logger.finish(global_map, prediction.num_frames - 1, float(prediction.num_frames - 1))
+                report.output("recording.rrd", out_dir / "recording.rrd")
         report.data["timings_ms"] = watch.as_dict() | prediction.timings_ms
         report.count("frames", len(paths))
-        report.count("points", len(points))
+        report.count("map_points", len(global_map.fused().points))
         report.set("metadata", prediction.metadata)
-        for name in ("trajectory.tum", "cameras.json", "points.ply", "depth"):
-            report.output(name, out_dir / name)
+        for name, path in {**exports, "cameras.json": out_dir / "cameras.json", "depth": out_dir / "depth"}.items():
+            report.output(name, path)
         report.finish("ok")
     except Exception as exc:
         report.finish("error", str(exc))

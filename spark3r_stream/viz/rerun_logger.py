@@ -247,3 +247,10 @@ class MapLogger:
             points, colors = points[keep], colors[keep]
         self.recording.log(EntityPaths.FUSED_MAP, rr.Points3D(points, colors=colors, radii=self.config.point_radius))
         self.counts["fused_maps"] += 1
+
+
+def recorded_entity_paths(rrd_path: str | Path) -> set[str]:
+    """Entity paths stored in an .rrd file (without the leading '/'): a check that a recording is valid and complete."""
+    from rerun.chunk import RrdReader
+
+    return {chunk.entity_path.lstrip("/") for chunk in RrdReader(rrd_path).stream()}
