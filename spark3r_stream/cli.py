@@ -33,7 +33,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
         spark3r_config=args.spark3r_config,
         mode=args.mode,
         device=args.device,
-        conf_percentile=args.conf_percentile,
         save_rrd=not args.no_rrd,
     )
     report = run_inference(args.inputs, Path(args.out), options)
@@ -93,6 +92,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spark3r_stream.launcher import launch, summarize_run
+
+    overrides = [f"capture.frames={args.frames}"] if args.frames else []
+    overrides += ["fusion.viewer=spawn"] if args.viewer else []
+    code = launch("demo", args.out, overrides)
+    print(summarize_run(args.out))
+    return code
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from spark3r_stream.launcher import launch, summarize_run
+
+    code = launch(args.file, args.out, args.set)
+    print(summarize_run(args.out))
+    return code
+
+
+def cmd_run_node(args: argparse.Namespace) -> int:
+    from pathlib import Path as _Path
+
+    import yaml
+
+    from spark3r_stream.launcher import node_config_from
+
+    config = node_config_from(args.config, args.name, [f"{args.name}.{s}" for s in args.set], out=args.out)
+    path = _Path(config["out"]) / "launch" / f"{args.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    node = importlib.import_module(f"nodes.{config['node']}")  # the node's own main, in this process
+    return int(node.main(["--config", str(path), "--name", args.name, "--log-level", args.log_level]))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"benchmarks.bench_{args.name}")
     return int(module.main(args.bench_args))
@@ -114,7 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spark3r-config", help="Spark3R preset YAML (configs/spark3r/*.yaml)")
     p.add_argument("--mode", default="crop", choices=["crop", "pad"], help="official preprocessing mode")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
-    p.add_argument("--conf-percentile", type=float, default=50.0, help="drop points below this confidence percentile")
     p.add_argument("--no-rrd", action="store_true", help="do not write recording.rrd")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_infer)
@@ -153,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (e.g. --quick)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("demo", help="the whole pipeline on a bundled synthetic sequence (launch/demo.yaml)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--frames", type=int, help="frames of the synthetic sequence (default: the launch file's)")
+    p.add_argument("--viewer", action="store_true", help="also spawn a Rerun viewer (needs a display)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("launch", help="run a launch file: every node its own process")
+    p.add_argument("file", help="launch file (path, or a name in launch/: demo, replay_tum, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override (repeatable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("run-node", help="run one node by hand (e.g. reconstruction on another host)")
+    p.add_argument("name", help="node name in the launch file (capture, keyframes, reconstruction, fusion)")
+    p.add_argument("--config", required=True, help="launch file (the node is picked from it) or a node config")
+    p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="override a param")
+    p.add_argument("--out", help="output folder (default: runs/NAME)")
+    p.set_defaults(func=cmd_run_node)
     return parser
 
 
