@@ -18,8 +18,8 @@ from spark3r_stream.models.layers.attention import TokenLayout
 class MergeIndex:
     """Destination and source token lists of every merge group (shape-only, reusable across layers and batches).
 
-    dst [num_groups, D] / src [num_groups, M]: token indices into the S*P sequence, padded with 0 where the
-    matching `*_valid` is False (frames past the end, the protected frame).
+    dst [num_groups, D] / src [num_groups, M]: token indices into the S*P sequence; where the matching `*_valid`
+    is False (frames past the end, the protected frame) dst repeats a real destination of its group and src is 0.
     """
 
     dst: torch.Tensor
@@ -29,6 +29,13 @@ class MergeIndex:
     num_merged: torch.Tensor  # [num_groups] sources merged per group (same for every batch item)
     num_tokens: int  # N
     num_kept: int  # N - sum(num_merged)
+    # Static helpers so that matching needs no boolean compaction (nonzero) in the forward pass; the reduced
+    # sequence is [valid destinations, other always-kept tokens, unmerged sources].
+    always_kept: torch.Tensor  # [K0] valid destinations (group-major) then specials and protected-frame patches
+    dst_slot: torch.Tensor  # [groups * D] row of each destination in the reduced sequence (0 where padded)
+    merged_rank: torch.Tensor  # [R] flat (group, rank) positions of the merged sources after sorting by similarity
+    unmerged_rank: torch.Tensor  # [U] flat (group, rank) positions of the valid sources that stay
+    src_invalid: torch.Tensor  # ~src_valid
 
 
 def destination_cells(grid_hw: tuple[int, int], region: tuple[int, int]) -> torch.Tensor:
@@ -95,14 +102,31 @@ def build_merge_index(
     else:
         target = group_tokens - (-(-group_tokens // r_q))  # n - ceil(n / r_Q)
         num_merged = torch.minimum(target, src_valid.sum(-1))
+    valid_dst = dst[dst_valid]
+    others = torch.ones(S * P, dtype=torch.bool)
+    others[valid_dst] = False
+    others[src[src_valid]] = False
+    always_kept = torch.cat([valid_dst, others.nonzero().squeeze(1)])
+    dst_slot = torch.zeros(dst.numel(), dtype=torch.long)
+    dst_slot[dst_valid.view(-1)] = torch.arange(len(valid_dst))
+    width = src.shape[1]
+    rank = torch.arange(width)
+    num_valid_src = src_valid.sum(-1)
+    group_offset = (torch.arange(num_groups) * width)[:, None]
+    merged_rank = (rank + group_offset)[rank < num_merged[:, None]]
+    unmerged_rank = (rank + group_offset)[(rank >= num_merged[:, None]) & (rank < num_valid_src[:, None])]
+    # Padded destinations repeat the group's first real destination (token and slot): a source that picks one
+    # lands on a real destination, so matching needs no -inf mask over the [sources x destinations] scores.
+    first = dst_valid.int().argmax(dim=1, keepdim=True)
+    dst = torch.where(dst_valid, dst, dst.gather(1, first))
+    dst_slot = dst_slot.view(num_groups, -1)
+    dst_slot = torch.where(dst_valid, dst_slot, dst_slot.gather(1, first)).view(-1)
+    assert len(always_kept) + len(unmerged_rank) == S * P - int(num_merged.sum())
     return MergeIndex(
-        dst=dst.to(device),
-        dst_valid=dst_valid.to(device),
-        src=src.to(device),
-        src_valid=src_valid.to(device),
-        num_merged=num_merged.to(device),
-        num_tokens=S * P,
-        num_kept=S * P - int(num_merged.sum()),
+        dst=dst.to(device), dst_valid=dst_valid.to(device), src=src.to(device), src_valid=src_valid.to(device),
+        num_merged=num_merged.to(device), num_tokens=S * P, num_kept=S * P - int(num_merged.sum()),
+        always_kept=always_kept.to(device), dst_slot=dst_slot.to(device), merged_rank=merged_rank.to(device),
+        unmerged_rank=unmerged_rank.to(device), src_invalid=~src_valid.to(device),
     )
 
 
@@ -118,27 +142,23 @@ class QueryMerge:
     dst_tokens: torch.Tensor
     kept: torch.Tensor
     slot: torch.Tensor
+    dst_slot: torch.Tensor  # [B, R] row of each merged source's destination in the reduced sequence
 
     def merge(self, q: torch.Tensor) -> torch.Tensor:
         """[B, heads, N, d] -> [B, heads, M, d]: every destination becomes the mean of itself and its sources (Eq. 3)."""
-        B, H, N, d = q.shape
-        R = self.src_tokens.shape[1]
-        total = q.clone()
-        total.scatter_add_(
-            2,
-            self.dst_tokens[:, None, :, None].expand(B, H, R, d),
-            q.gather(2, self.src_tokens[:, None, :, None].expand(B, H, R, d)),
-        )
-        count = torch.ones(B, N, dtype=q.dtype, device=q.device)
-        count.scatter_add_(1, self.dst_tokens, torch.ones_like(self.dst_tokens, dtype=q.dtype))
-        M = self.kept.shape[1]
-        kept = total.gather(2, self.kept[:, None, :, None].expand(B, H, M, d))
-        return kept / count.gather(1, self.kept)[:, None, :, None]
+        out = []
+        # per batch item (B is 1 in inference): 1-D index_select/index_add_ beat gather/scatter with expanded indices
+        for b in range(q.shape[0]):
+            reduced = q[b].index_select(1, self.kept[b])
+            reduced.index_add_(1, self.dst_slot[b], q[b].index_select(1, self.src_tokens[b]))
+            count = torch.ones(reduced.shape[1], dtype=q.dtype, device=q.device)
+            count.index_add_(0, self.dst_slot[b], torch.ones_like(self.dst_slot[b], dtype=q.dtype))
+            out.append(reduced / count[:, None])
+        return torch.stack(out)
 
     def unmerge(self, out: torch.Tensor) -> torch.Tensor:
         """[B, M, C] -> [B, N, C]: each merged source receives a copy of its destination's output (one gather)."""
-        B, _, C = out.shape
-        return out.gather(1, self.slot[..., None].expand(B, self.slot.shape[1], C))
+        return torch.stack([out[b].index_select(0, self.slot[b]) for b in range(out.shape[0])])
 
 
 def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
@@ -147,24 +167,27 @@ def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
     Args:
         metric: [B, N, C'] similarity features (projected queries with heads concatenated, or the layer input).
     """
-    B = metric.shape[0]
-    unit = F.normalize(metric, dim=-1)
-    dst_feat = unit[:, index.dst]  # [B, groups, D, C']
-    src_feat = unit[:, index.src]  # [B, groups, M, C']
-    sim = src_feat @ dst_feat.transpose(-1, -2)  # [B, groups, M, D], all groups in one batched matmul
-    sim.masked_fill_(~index.dst_valid[None, :, None, :], float("-inf"))
-    best, best_dst = sim.max(dim=-1)  # [B, groups, M]
-    best.masked_fill_(~index.src_valid[None], float("-inf"))
-    order = best.argsort(dim=-1, descending=True, stable=True)
-    rank_merged = torch.arange(order.shape[-1], device=metric.device) < index.num_merged[:, None]  # [groups, M]
-    merged = torch.zeros_like(rank_merged[None].expand(B, -1, -1)).scatter_(-1, order, rank_merged.expand(B, -1, -1))
-    num_merged = index.num_tokens - index.num_kept
-    src_tokens = index.src[None].expand(B, -1, -1)[merged].view(B, num_merged)
-    dst_tokens = index.dst[None].expand(B, -1, -1).gather(-1, best_dst)[merged].view(B, num_merged)
-    keep = torch.ones(B, index.num_tokens, dtype=torch.bool, device=metric.device)
-    keep.scatter_(1, src_tokens, False)
-    kept = keep.nonzero()[:, 1].view(B, index.num_kept)
-    slot = torch.empty(B, index.num_tokens, dtype=torch.long, device=metric.device)
+    B, N, C = metric.shape
+    groups, D = index.dst.shape
+    width = index.src.shape[1]
+    dst_feat = F.normalize(metric.index_select(1, index.dst.view(-1)).view(B * groups, D, C), dim=-1)
+    src_feat = metric.index_select(1, index.src.view(-1)).view(B * groups, width, C)
+    sim = torch.bmm(src_feat, dst_feat.transpose(1, 2))  # all groups in one batched matmul
+    best, best_dst = sim.max(dim=-1)  # [B * groups, width]
+    # the source norm does not change its argmax, only its rank among the group's sources: divide after the max
+    best = (best / src_feat.norm(dim=-1).clamp_min(1e-12)).view(B, groups, width)
+    best = best.masked_fill(index.src_invalid, float("-inf"))
+    order = best.sort(dim=-1, descending=True, stable=True).indices
+    order = (order + torch.arange(groups, device=metric.device)[:, None] * width).view(B, -1)  # flat (group, src)
+    merged_pos = order.index_select(1, index.merged_rank)  # [B, R]
+    unmerged_pos = order.index_select(1, index.unmerged_rank)
+    dst_pos = best_dst.view(B, -1).gather(1, merged_pos) + (merged_pos // width) * D  # flat (group, dst)
+    src_flat, dst_flat = index.src.view(-1), index.dst.view(-1)
+    src_tokens = src_flat[merged_pos]
+    dst_tokens = dst_flat[dst_pos]
+    dst_slot = index.dst_slot[dst_pos]
+    kept = torch.cat([index.always_kept.expand(B, -1), src_flat[unmerged_pos]], dim=1)
+    slot = torch.empty(B, N, dtype=torch.long, device=metric.device)
     slot.scatter_(1, kept, torch.arange(index.num_kept, device=metric.device).expand(B, -1))
-    slot.scatter_(1, src_tokens, slot.gather(1, dst_tokens))  # destinations are always kept
-    return QueryMerge(src_tokens=src_tokens, dst_tokens=dst_tokens, kept=kept, slot=slot)
+    slot.scatter_(1, src_tokens, dst_slot)
+    return QueryMerge(src_tokens=src_tokens, dst_tokens=dst_tokens, kept=kept, slot=slot, dst_slot=dst_slot)
