@@ -1,0 +1,212 @@
+"""One global attention layer, dense vs Spark3R, over S: time, FLOP ratios, and the merge overhead.
+
+Token layout of a small model (8x8 patches + 5 special tokens per frame, width 192, 3 heads), paper factors
+(§3.5) for each S, one sensitive layer (base r_KV) and one insensitive layer (3 r_KV). Dense and Spark3R run
+side by side in one process, after warm-up; times are medians of k repeats.
+
+    python -m benchmarks.bench_attention [--frames 100 300 500 1000] [--threads 2] [--quick]
+
+Also the home of the helpers the other Spark3R benchmarks share (header, timing, result files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shared by bench_attention / bench_backbone / bench_fidelity
+
+
+def header(name: str, argv: list[str]) -> dict[str, Any]:
+    """Date, git sha, machine and the exact command: the top of every result file."""
+    from spark3r_stream.report import git_sha, machine_info
+
+    return {
+        "bench": name,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_sha": git_sha(),
+        "machine": machine_info(),
+        "command": " ".join(["python -m benchmarks." + name, *argv]),
+    }
+
+
+def header_markdown(head: dict[str, Any]) -> str:
+    m = head["machine"]
+    return (
+        f"# {head['bench']}\n\n"
+        f"- date: {head['date']}\n- git sha: {head['git_sha']}\n"
+        f"- machine: {m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']} with {m['torch_threads']} threads, "
+        f"python {m['python']}, {m['platform']}\n- command: `{head['command']}`\n"
+    )
+
+
+def write_results(name: str, head: dict[str, Any], markdown: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(header_markdown(head) + "\n" + markdown)
+    (RESULTS / f"{name}.json").write_text(json.dumps({**head, **data}, indent=1, default=str) + "\n")
+    return RESULTS / f"{name}.md"
+
+
+def median_time_s(fn, repeats: int, *args) -> float:
+    """Median wall time of `repeats` calls `fn(*args)` (call it once before to warm up)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reset_peak_rss() -> int:
+    """Reset the process high-water mark (Linux clear_refs 5); returns the current RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """Markdown table of `rows` with (key, header) columns; floats to 3 significant decimals."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(show(row.get(k, "")) for k, _ in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def layer_flops(N: int, M: int, Nk: int, C: int) -> dict[str, float]:
+    """Multiply-adds x2 of one attention layer: dense and Spark3R (q on N, k/v on Nk, attention M x Nk, proj on M)."""
+    dense = 6 * N * C * C + 4 * N * N * C + 2 * N * C * C
+    spark = 2 * N * C * C + 4 * Nk * C * C + 4 * M * Nk * C + 2 * M * C * C
+    return {"dense": dense, "spark3r": spark, "core_dense": 4 * N * N * C, "core_spark3r": 4 * M * Nk * C}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="bench_attention", description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[100, 300, 500, 1000])
+    parser.add_argument("--grid", type=int, default=8, help="patches per side")
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="Spark3R repeats (dense: 3, or 1 above 400 frames)")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny S, one repeat, no result files")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.frames, args.repeats = [12, 30], 1
+
+    from spark3r_stream.models.layers import Attention, RotaryEmbedding2D, TokenLayout, grid_positions
+    from spark3r_stream.models.targets import ReductionTargets
+    from spark3r_stream.spark3r import Spark3RConfig
+    from spark3r_stream.spark3r.merge import match_queries
+    from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    C, h = args.width, args.grid
+    attn = Attention(C, args.heads, qk_norm=True, rope=RotaryEmbedding2D(100.0)).eval()
+    # layer 0 insensitive (l r_KV), layer 1 sensitive (r_KV): the two kinds of layer of the paper's schedule
+    targets = ReductionTargets(("insensitive", "sensitive"), 5, 0, (1,))
+    rows = []
+    with torch.inference_mode():
+        for S in args.frames:
+            layout = TokenLayout(num_frames=S, tokens_per_frame=5 + h * h, num_special=5, grid_hw=(h, h))
+            N = S * layout.tokens_per_frame
+            x = torch.randn(1, N, C)
+            pos = grid_positions(S, h, h, 5).reshape(1, N, 2)
+            session = ReductionSession(Spark3RConfig(), targets)
+            attn.reducer = None
+            dense_repeats = 1 if (S > 400 or args.quick) else 3
+            attn(x[:, : min(N, 5000)], pos[:, : min(N, 5000)])  # warm-up of the dense kernels
+            dense_s = median_time_s(attn, dense_repeats, x, pos, layout)
+            for layer, kind in enumerate(("insensitive", "sensitive")):
+                attn.reducer = GlobalReducer(layer, session)
+                attn(x, pos, layout)  # warm-up: builds the cached indices
+                spark_s = median_time_s(attn, args.repeats, x, pos, layout)
+                plan = session.plan(layout)
+                step = plan.layers[layer]
+                flops = layer_flops(N, step.num_queries, step.num_keys, C)
+                row = {
+                    "frames": S,
+                    "layer": kind,
+                    "r_q": step.r_q,
+                    "r_kv": step.r_kv,
+                    "tokens": N,
+                    "queries": step.num_queries,
+                    "keys": step.num_keys,
+                    "dense_ms": dense_s * 1e3,
+                    "spark3r_ms": spark_s * 1e3,
+                    "speedup": dense_s / spark_s,
+                    "flop_ratio": flops["dense"] / flops["spark3r"],
+                    "core_flop_ratio": flops["core_dense"] / flops["core_spark3r"],
+                }
+                row["achieved_pct"] = 100 * row["speedup"] / row["flop_ratio"]
+                if step.num_queries < N:
+                    q = attn.project(x, pos, "q").transpose(1, 2).reshape(1, N, C)
+                    index = session.merge_index(layout, plan, x.device)
+                    match_queries(q, index)
+                    row["match_ms"] = median_time_s(match_queries, args.repeats, q, index) * 1e3
+                    row["match_pct"] = 100 * row["match_ms"] / row["spark3r_ms"]
+                    row["match_gflop"] = 2 * float((index.src_valid.sum(-1) * index.dst_valid.sum(-1)).sum()) * C / 1e9
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    columns = [
+        ("frames", "S"),
+        ("layer", "layer"),
+        ("r_q", "r_Q"),
+        ("r_kv", "r_KV"),
+        ("tokens", "N"),
+        ("queries", "queries M"),
+        ("keys", "keys"),
+        ("dense_ms", "dense (ms)"),
+        ("spark3r_ms", "Spark3R (ms)"),
+        ("speedup", "speedup (×)"),
+        ("flop_ratio", "FLOP ratio (×)"),
+        ("achieved_pct", "achieved / FLOP ratio (%)"),
+        ("core_flop_ratio", "attention-core FLOP ratio (×)"),
+        ("match_ms", "query matching (ms)"),
+        ("match_pct", "matching share of Spark3R (%)"),
+        ("match_gflop", "matching (GFLOP)"),
+    ]
+    markdown = (
+        f"One `Attention` layer (width {C}, {args.heads} heads, q/k-norm, 2-D RoPE), {h}×{h} patches + 5 special "
+        f"tokens per frame, float32, batch 1, paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
+        "FLOP ratio = dense FLOPs (qkv + attention + proj) ÷ Spark3R FLOPs (q on N, k/v on kept tokens, attention "
+        "M×keys, proj on M); the query-matching FLOPs are overhead counted against Spark3R (measured separately "
+        "in the last columns). Dense: median of 3 (1 above 400 frames); Spark3R: median of "
+        f"{args.repeats}; warm-up before each.\n\n" + table(rows, columns)
+    )
+    if not args.quick:
+        write_results("bench_attention", header("bench_attention", argv), markdown, {"rows": rows})
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The model forward, dense vs Spark3R, over S: time (with and without the DPT heads), the dense time split,
+the ideal speedup from that split, and peak memory. Same process, same inputs, paper factors (§3.5).
+
+Model: the VGGT architecture at the official-fixture size (width 48, 4+4 blocks, 4 heads, 2-block encoder),
+fixture weights (random-valued; speed does not depend on them), 112x112 images (8x8 patches), float32.
+
+    python -m benchmarks.bench_backbone [--frames 100 300 500 1000] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from benchmarks.bench_attention import header, peak_rss_bytes, reset_peak_rss, table, write_results
+
+STAGES = {  # time split: module path -> stage (hooks time each module call)
+    "aggregator.patch_embed": "encoder",
+    "aggregator.frame_blocks": "frame blocks",
+    "aggregator.global_blocks": "global blocks",
+    "camera_head": "camera head",
+    "depth_head": "DPT heads",
+    "point_head": "DPT heads",
+}
+
+
+class StageClock:
+    """Wall time per stage through forward pre/post hooks, plus the dense attention core (SDPA) of global layers."""
+
+    def __init__(self, model, global_attention: list) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self._start: dict[int, float] = {}
+        for path, stage in STAGES.items():
+            module = model.get_submodule(path)
+            for target in module if isinstance(module, torch.nn.ModuleList) else [module]:
+                self._hook(target, stage)
+        for attn in global_attention:
+            self._hook(attn, "global attention")
+
+    def _hook(self, module, stage: str) -> None:
+        def pre(m, args, kwargs=None):
+            self._start[id(m)] = time.perf_counter()
+
+        def post(m, args, out):
+            self.totals[stage] += time.perf_counter() - self._start[id(m)]
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    def reset(self) -> None:
+        self.totals.clear()
+
+
+class TimedDenseReducer:
+    """The dense attention computation, with its SDPA core timed (a plain `Attention.reducer` object)."""
+
+    def __init__(self, totals: dict[str, float]) -> None:
+        self.totals = totals
+
+    def __call__(self, attn, x, pos, layout):
+        from spark3r_stream.models.layers.attention import sdpa
+
+        q, k, v = attn.project_qkv(x, pos)
+        start = time.perf_counter()
+        o = sdpa(q, k, v)
+        self.totals["attention core"] += time.perf_counter() - start
+        return attn.project_out(o)
+
+
+def build_bench_model():
+    from spark3r_stream.models import load_weights, model_from_official_config
+    from tests.conftest import FIXTURES
+
+    cfg = json.loads((FIXTURES / "vggt_tiny" / "config.json").read_text())["config"]
+    model = model_from_official_config("vggt", cfg)
+    load_weights(model, FIXTURES / "vggt_tiny" / "weights.safetensors")
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="bench_backbone", description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[100, 300, 500, 1000])
+    parser.add_argument("--size", type=int, default=112, help="square image side (multiple of 14)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="Spark3R repeats (dense: 2, or 1 above 400 frames)")
+    parser.add_argument("--autocast", choices=["none", "bf16"], default="none", help="caller-side CPU autocast")
+    parser.add_argument("--name", default="bench_backbone", help="result file stem")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny S, one repeat, no result files")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.frames, args.repeats = [4, 24], 1
+
+    from spark3r_stream.models import reduction_targets_of
+    from spark3r_stream.spark3r import accelerate, disable
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_bench_model()
+    targets = reduction_targets_of(model)
+    global_attention = [model.get_submodule(path) for path in targets.global_attention]
+    clock = StageClock(model, global_attention)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+
+    def forward(images):
+        clock.reset()
+        base = reset_peak_rss()
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast:
+            model(images)
+        total = time.perf_counter() - start
+        return total, dict(clock.totals), peak_rss_bytes() - base
+
+    def use_dense():
+        disable(model)
+        for attn in global_attention:
+            attn.reducer = TimedDenseReducer(clock.totals)
+
+    rows = []
+    for S in args.frames:
+        images = torch.rand(S, 3, args.size, args.size)
+        warm = images[: min(S, 8)]
+        use_dense()
+        forward(warm)
+        accelerate(model)
+        forward(warm)
+        dense_runs, spark_runs = [], []
+        dense_repeats = 1 if (S > 400 or args.quick) else 2
+        for i in range(max(dense_repeats, args.repeats)):  # interleaved: both see the same machine load
+            if i < dense_repeats:
+                use_dense()
+                dense_runs.append(forward(images))
+            accelerate(model)
+            spark_runs.append(forward(images))
+        plan = model.last_reduction_plan
+        dense = sorted(dense_runs, key=lambda r: r[0])[len(dense_runs) // 2]
+        spark = sorted(spark_runs, key=lambda r: r[0])[len(spark_runs) // 2]
+        d_split, s_split = dense[1], spark[1]
+        d_heads, s_heads = d_split.get("DPT heads", 0.0), s_split.get("DPT heads", 0.0)
+        core = d_split["attention core"]
+        fraction = plan["attention_flop_fraction"]
+        ideal_no_heads = (dense[0] - d_heads) / (dense[0] - d_heads - core + core * fraction)
+        row = {
+            "frames": S,
+            "r_q": plan["r_q"],
+            "r_kv": plan["r_kv"],
+            "dense_s": dense[0] - d_heads,
+            "spark3r_s": spark[0] - s_heads,
+            "speedup": (dense[0] - d_heads) / (spark[0] - s_heads),
+            "ideal": ideal_no_heads,
+            "dense_e2e_s": dense[0],
+            "spark3r_e2e_s": spark[0],
+            "speedup_e2e": dense[0] / spark[0],
+            "core_flop_fraction": fraction,
+            "d_encoder": d_split["encoder"],
+            "d_frame": d_split["frame blocks"],
+            "d_core": core,
+            "d_attn_rest": d_split["global attention"] - core,
+            "d_global_rest": d_split["global blocks"] - d_split["global attention"],
+            "d_camera": d_split["camera head"],
+            "d_dpt": d_heads,
+            "s_encoder": s_split["encoder"],
+            "s_frame": s_split["frame blocks"],
+            "s_attn": s_split["global attention"],
+            "s_global_rest": s_split["global blocks"] - s_split["global attention"],
+            "s_camera": s_split["camera head"],
+            "s_dpt": s_heads,
+            "dense_peak_mib": dense[2] / 2**20,
+            "spark3r_peak_mib": spark[2] / 2**20,
+            "dense_repeats": dense_repeats,
+            "spark3r_repeats": args.repeats,
+        }
+        row["achieved_pct"] = 100 * row["speedup"] / row["ideal"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    speed = [
+        ("frames", "S"),
+        ("r_q", "r_Q"),
+        ("r_kv", "r_KV (base)"),
+        ("dense_s", "dense (s)"),
+        ("spark3r_s", "Spark3R (s)"),
+        ("speedup", "speedup (×)"),
+        ("ideal", "ideal from split (×)"),
+        ("achieved_pct", "achieved / ideal (%)"),
+        ("dense_e2e_s", "dense e2e (s)"),
+        ("spark3r_e2e_s", "Spark3R e2e (s)"),
+        ("speedup_e2e", "e2e speedup (×)"),
+    ]
+    split = [
+        ("frames", "S"),
+        ("d_encoder", "encoder"),
+        ("d_frame", "frame blocks"),
+        ("d_core", "global attn core (SDPA)"),
+        ("d_attn_rest", "global attn qkv/proj/norm/RoPE"),
+        ("d_global_rest", "global blocks rest (MLP, norms)"),
+        ("d_camera", "camera head"),
+        ("d_dpt", "DPT heads"),
+    ]
+    spark_split = [
+        ("frames", "S"),
+        ("s_encoder", "encoder"),
+        ("s_frame", "frame blocks"),
+        ("s_attn", "global attention (all of Spark3R)"),
+        ("s_global_rest", "global blocks rest (MLP, norms)"),
+        ("s_camera", "camera head"),
+        ("s_dpt", "DPT heads"),
+    ]
+    memory = [("frames", "S"), ("dense_peak_mib", "dense peak (MiB)"), ("spark3r_peak_mib", "Spark3R peak (MiB)")]
+    markdown = (
+        f"VGGT architecture at the official-fixture size (width 48, 4+4 blocks, 4 heads, 2-block encoder, DPT "
+        f"features 16), {args.size}×{args.size} images, batch 1, float32"
+        + (" under caller-side bf16 CPU autocast (heads stay float32)" if args.autocast == "bf16" else "")
+        + f", {args.threads} threads; paper factors (Eqs. 4–5, l = 3, sensitive layers mapped from VGGT 11–16).\n"
+        '"without heads" = encoder + aggregator + camera head = the forward minus the DPT heads\' time measured '
+        "inside the same forward (hooks); e2e includes them. Ideal = dense ÷ (dense − core + core × the plan's "
+        "attention-core FLOP fraction), from the same run's split. Dense and Spark3R runs are interleaved; "
+        "dense median of 2 (1 above 400 frames), Spark3R median of "
+        f"{args.repeats}; warm-up first. Peak memory = process high-water mark over the forward minus the RSS "
+        "before it.\n\n## Speed (without DPT heads unless marked e2e)\n\n"
+        + table(rows, speed)
+        + "\n## Dense time split (s)\n\n"
+        + table(rows, split)
+        + "\n## Spark3R time split (s)\n\n"
+        + table(rows, spark_split)
+        + "\n## Peak memory\n\n"
+        + table(rows, memory)
+    )
+    if not args.quick:
+        write_results(args.name, header(args.name, argv), markdown, {"rows": rows})
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
