@@ -102,6 +102,7 @@ def _measure_kind(kind: str, transport: str, frames: list[Any], repeats: int) ->
                 sender.run(frames)  # sends every frame, then end-of-stream
                 send_s = time.perf_counter() - t0
                 sent = sender.counters["sent.frame"]
+            print(f"{kind}/{transport} run {rep}: sent {sent} in {send_s:.3f} s", file=sys.stderr, flush=True)
             received, recv_s = queue.get(timeout=READY_TIMEOUT_S)
             if rep > 0:
                 runs.append({"sent": sent, "received": received, "recv_s": recv_s, "send_s": send_s})

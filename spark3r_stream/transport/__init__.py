@@ -1,6 +1,6 @@
 """Messages, codec and ZeroMQ sockets between the pipeline's processes (imports only numpy, zmq and the stdlib)."""
 
-from spark3r_stream.transport.codec import decode, encode, pack, unpack
+from spark3r_stream.transport.codec import decode, encode
 from spark3r_stream.transport.endpoints import (
     EDGES,
     NODE_EDGES,
@@ -48,7 +48,5 @@ __all__ = [
     "generate_curve_keys",
     "make_endpoint",
     "node_endpoints",
-    "pack",
     "parse_endpoints",
-    "unpack",
 ]

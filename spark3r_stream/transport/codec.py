@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import time
 import types
 import typing
@@ -27,7 +26,6 @@ from spark3r_stream.transport.messages import MESSAGE_TYPES, MessageType, messag
 
 MAX_HEADER_BYTES = 64 << 10
 HEADER_KEYS = frozenset({"type", "v", "seq", "t_sent", "node", "scalars", "arrays"})
-PACK_MAGIC = b"S3RP"  # single-frame packing for CONFLATE sockets (libzmq CONFLATE drops multipart messages)
 
 Buffer = bytes | memoryview | np.ndarray
 
@@ -234,29 +232,3 @@ def _as_view(frame: Any) -> memoryview:
 
 def _as_bytes(frame: Any) -> bytes:
     return bytes(_as_view(frame))
-
-
-def pack(frames: Sequence[Buffer]) -> bytes:
-    """Multipart frames -> one frame (`S3RP`, u32 count, u64 lengths, payloads). Copies once; for CONFLATE."""
-    views = [_as_view(f) for f in frames]
-    head = PACK_MAGIC + struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
-    return b"".join([head, *views])
-
-
-def unpack(frame: Any) -> list[memoryview]:
-    """Inverse of `pack`: zero-copy views on the received frame. DecodeError("bad_packing") if malformed."""
-    view = _as_view(frame)
-    if view.nbytes < 8 or bytes(view[:4]) != PACK_MAGIC:
-        raise DecodeError("bad_packing", "single-frame message without the S3RP packing header")
-    (count,) = struct.unpack_from("<I", view, 4)
-    start = 8 + 8 * count
-    if count > 64 or view.nbytes < start:
-        raise DecodeError("bad_packing", f"packed message claims {count} frames in {view.nbytes} bytes")
-    lengths = struct.unpack_from(f"<{count}Q", view, 8)
-    if start + sum(lengths) != view.nbytes:
-        raise DecodeError("bad_packing", f"packed lengths sum to {start + sum(lengths)}, frame has {view.nbytes}")
-    out = []
-    for n in lengths:
-        out.append(view[start : start + n])
-        start += n
-    return out

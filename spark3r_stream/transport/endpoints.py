@@ -29,6 +29,7 @@ Kind = Literal["lossless", "latest", "fanout"]
 Direction = Literal["in", "out"]
 KINDS: tuple[str, ...] = ("lossless", "latest", "fanout")
 IPC_MAX_PATH = 107  # AF_UNIX sun_path limit (108 bytes including the NUL)
+LATEST_HWM = 2  # latest-wins edges: at most this many frames wait at the sender (a live camera never blocks)
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -174,7 +175,7 @@ def make_endpoint(edge: str, direction: Direction, **overrides: Any) -> Endpoint
         "direction": direction,
         "kind": kind,
         "topics": defaults.topics,
-        "hwm": defaults.hwm,
+        "hwm": LATEST_HWM if kind == "latest" else defaults.hwm,
         "bind": (direction == "out") if kind == "fanout" else (direction == "in"),
     }
     fields.update(overrides)

@@ -5,8 +5,9 @@ Delivery kinds (chosen per edge in the endpoint table):
 | kind       | sender socket        | receiver socket      | behaviour                                                   |
 | ---------- | -------------------- | -------------------- | ----------------------------------------------------------- |
 | `lossless` | PUSH, SNDHWM         | PULL, RCVHWM         | blocking send at the HWM (backpressure), never drops; replay |
-| `latest`   | PUSH + CONFLATE      | PULL + CONFLATE      | only the newest message waits; superseded ones are counted   |
-|            |                      |                      | from seq gaps (`dropped.stale`); live camera                 |
+| `latest`   | PUSH, small SNDHWM,  | PULL, small RCVHWM   | each poll drains the queue and handles only the newest data  |
+|            | never blocks         |                      | message (`dropped.stale`); frames the sender could not queue |
+|            |                      |                      | count as `dropped.unsent` there; live camera                 |
 | `fanout`   | XPUB (verbose,       | SUB (all topics)     | any number of subscribers; a late joiner gets a snapshot;   |
 |            | NODROP)              |                      | a full subscriber queue drops the message for all, counted  |
 |            |                      |                      | at the sender (`dropped.unsent`); end-of-stream waits       |
@@ -15,9 +16,10 @@ Every message carries `seq` (per sender and edge, +1 per message accepted by Zer
 `EndOfStream.num_sent` counts the data messages before it, so a receiver proves that nothing was lost
 (`lost.<edge>` stays 0 on lossless edges) or counts exactly what latest-wins superseded.
 
-CONFLATE keeps only whole single-frame messages, so latest-wins packs `[topic, header, *buffers]` into one frame
-(one copy per message, ~0.1 ms for 640x480 RGB). Heartbeats are not sent on latest edges (they would displace
-frames); the frames themselves show liveness there.
+Latest-wins does not use ZMQ_CONFLATE: it drops multipart messages, and closing a conflating pipe lets libzmq's
+termination delimiter replace the message waiting in its single slot (the final end-of-stream was lost over tcp
+here). Draining a short queue gives the same effect with exact counts. Heartbeats are not sent on latest edges
+(the frames themselves show liveness there).
 
 Late joiners on fanout edges: the publisher binds an XPUB socket, which receives every subscription. When one
 arrives, NodeLoop calls the snapshot provider registered with `loop.on_subscribe(edge, provider)` and publishes
@@ -42,9 +44,9 @@ from typing import Any
 import zmq
 
 from spark3r_stream.errors import ConfigError, DecodeError, Spark3RError
-from spark3r_stream.transport.codec import decode, encode, pack, unpack
+from spark3r_stream.transport.codec import decode, encode
 from spark3r_stream.transport.endpoints import Endpoint, parse_endpoints, server_public_key
-from spark3r_stream.transport.messages import MESSAGE_TYPES, EndOfStream, Heartbeat, message_type
+from spark3r_stream.transport.messages import CONTROL_TYPES, MESSAGE_TYPES, EndOfStream, Heartbeat, message_type
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,8 @@ class _Upstream:
 
     received: int = 0  # data messages decoded
     last_seq: int | None = None
-    gaps: int = 0  # messages missing between consecutive seqs (latest-wins: superseded ones)
+    gaps: int = 0  # messages missing between consecutive seqs
+    stale: int = 0  # latest-wins: received but superseded by a newer one, not handled
     num_sent: int | None = None  # from its EndOfStream
 
 
@@ -195,9 +198,7 @@ class NodeLoop:
             sock_type = zmq.PUSH if ep.direction == "out" else zmq.PULL
         sock = self._context.socket(sock_type)
         sock.setsockopt(zmq.LINGER, self.linger_ms)
-        if ep.kind == "latest":
-            sock.setsockopt(zmq.CONFLATE, 1)  # keep only the newest message (single-frame only: see pack())
-        elif ep.direction == "out":
+        if ep.direction == "out":
             sock.setsockopt(zmq.SNDHWM, ep.hwm)
         else:
             sock.setsockopt(zmq.RCVHWM, ep.hwm)
@@ -302,8 +303,6 @@ class NodeLoop:
         is_data = topic not in ("heartbeat", "end_of_stream")
         if block is None:
             block = kind == "lossless"
-        if kind == "latest":
-            frames = [pack(frames)]
         sent = self._send_frames(out, frames, block=block, track=track)
         if sent is False:
             if is_data:
@@ -391,28 +390,29 @@ class NodeLoop:
         return handled
 
     def _serve_input(self, inp: _Input) -> int:
-        handled = 0
+        latest = inp.endpoint.kind == "latest"
+        batch: list[tuple[Any, dict[str, Any]]] = []
         for _ in range(MAX_BATCH):
-            if self._finished:
-                break
             try:
                 frames = inp.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             try:
-                if inp.endpoint.kind == "latest":
-                    if len(frames) != 1:
-                        raise DecodeError("bad_packing", f"{len(frames)} frames on a latest-wins edge, expected 1")
-                    frames = unpack(frames[0])
-                msg, header = decode(frames)
+                batch.append(decode(frames))
             except DecodeError as exc:
                 self._drop(inp.endpoint.edge, exc.reason, exc.detail)
-                continue
-            self._dispatch(inp, msg, header)
-            handled += 1
+        # Latest-wins: of the data messages queued now, only the newest is handled; control messages all are.
+        newest = max((i for i, (msg, _) in enumerate(batch) if not isinstance(msg, CONTROL_TYPES)), default=-1)
+        handled = 0
+        for i, (msg, header) in enumerate(batch):
+            if self._finished:
+                break
+            stale = latest and i != newest and not isinstance(msg, CONTROL_TYPES)
+            self._dispatch(inp, msg, header, stale=stale)
+            handled += not stale
         return handled
 
-    def _dispatch(self, inp: _Input, msg: Any, header: dict[str, Any]) -> None:
+    def _dispatch(self, inp: _Input, msg: Any, header: dict[str, Any], *, stale: bool = False) -> None:
         topic = header["type"]
         src = header["node"]
         if src not in inp.upstreams:
@@ -423,14 +423,16 @@ class NodeLoop:
         if up.last_seq is not None and header["seq"] > up.last_seq + 1:
             missing = header["seq"] - up.last_seq - 1
             up.gaps += missing
-            if inp.endpoint.kind == "latest":
-                self.counters["dropped.stale"] += missing
-            else:
-                self.counters[f"gaps.{inp.endpoint.edge}"] += missing
+            self.counters[f"gaps.{inp.endpoint.edge}"] += missing
+            if inp.endpoint.kind != "fanout":
                 self._warn(
                     f"gap.{inp.endpoint.edge}", f"{missing} message(s) from {src!r} missing before seq {header['seq']}"
                 )
         up.last_seq = header["seq"]
+        if stale:  # superseded by a newer frame in the same queue (latest-wins)
+            up.stale += 1
+            self.counters["dropped.stale"] += 1
+            return
         self.counters[f"recv.{topic}"] += 1
         if isinstance(msg, Heartbeat):
             self.peers[msg.node] = {"t_received": time.time(), "counters": dict(msg.counters)}
@@ -594,6 +596,7 @@ class NodeLoop:
                         "num_sent": up.num_sent,
                         "missing": None if up.num_sent is None else up.num_sent - up.received,
                         "seq_gaps": up.gaps,
+                        "stale": up.stale,
                     }
                     for src, up in inp.upstreams.items()
                 },

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from spark3r_stream.errors import DecodeError
-from spark3r_stream.transport import Frame, NodeLoop, decode, encode, make_endpoint, pack
+from spark3r_stream.transport import Frame, NodeLoop, decode, encode, make_endpoint
 from spark3r_stream.transport.codec import MAX_HEADER_BYTES
 
 pytestmark = pytest.mark.fault
@@ -125,15 +125,13 @@ def test_node_loop_drops_counts_logs_and_serves_the_next_good_message(ctx, ipc_d
         push = ctx.socket(zmq.PUSH)
         push.connect(endpoint.address)
         for seq, (frames, _, _) in enumerate(CASES.values()):
-            if kind == "latest":
-                frames = [pack(frames)]
             push.send_multipart(frames)
             for _ in range(100):  # wait for the drop before the good one (latest-wins would supersede the bad one)
                 if sum(v for k, v in loop.counters.items() if k.startswith("dropped.")) == seq + 1:
                     break
                 loop.poll_once(100)
             good = good_frames(seq)
-            push.send_multipart([pack(good)] if kind == "latest" else good)
+            push.send_multipart(good)
             for _ in range(100):  # bounded: each poll returns as soon as the message is there
                 if len(served) == seq + 1:
                     break
@@ -147,17 +145,3 @@ def test_node_loop_drops_counts_logs_and_serves_the_next_good_message(ctx, ipc_d
     assert dropped == expected
     for reason in {r for _, r, _ in CASES.values()}:
         assert f"dropped a message on 'frames': {reason}" in caplog.text
-
-
-def test_multipart_message_on_a_latest_edge_is_dropped_as_bad_packing(ctx, ipc_dir):
-    endpoint = make_endpoint("frames", "in", run_dir=ipc_dir, kind="latest")
-    with NodeLoop("keyframes", [endpoint], context=ctx, handle_signals=False) as loop:
-        push = ctx.socket(zmq.PUSH)
-        push.connect(endpoint.address)
-        push.send_multipart([b"frame", b"{}"])  # CONFLATE would keep only one part: unpack cannot parse it
-        for _ in range(100):
-            if loop.counters["dropped.bad_packing"]:
-                break
-            loop.poll_once(100)
-        push.close(linger=0)
-    assert loop.counters["dropped.bad_packing"] == 1

@@ -1,4 +1,4 @@
-"""Codec: round trip of every registered message type, zero-copy views, sender-side schema checks, packing."""
+"""Codec: round trip of every registered message type, zero-copy views and sender-side schema checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from spark3r_stream.errors import DecodeError
 from spark3r_stream.transport import (
     MESSAGE_TYPES,
     Frame,
@@ -17,8 +16,6 @@ from spark3r_stream.transport import (
     WindowResult,
     decode,
     encode,
-    pack,
-    unpack,
 )
 from spark3r_stream.transport.codec import MAX_HEADER_BYTES
 
@@ -107,19 +104,6 @@ def test_cross_field_invariants_are_checked_at_construction():
         dataclasses.replace(good, dense_keyframe_ids=(9,))
     with pytest.raises(ValueError, match="colors/point_keyframe_ids given without points"):
         MapUpdate(keyframe_ids=(), world_from_cam=np.zeros((0, 4, 4)), colors=np.zeros((0, 3), np.uint8))
-
-
-def test_pack_round_trip_and_rejections():
-    frames = encode(sample_message("frame"), 3)
-    packed = pack(frames)
-    parts = unpack(packed)
-    assert [bytes(p) for p in parts[:2]] == frames[:2]
-    msg, _ = decode(parts)
-    np.testing.assert_array_equal(msg.image, frames[2])
-    for bad, match in [(b"XXXX" + packed[4:], "without the S3RP"), (packed[:-1], "lengths sum to"), (b"S3", "without")]:
-        with pytest.raises(DecodeError, match=match) as info:
-            unpack(bad)
-        assert info.value.reason == "bad_packing"
 
 
 def test_header_is_plain_json_with_the_documented_keys():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import zmq
 
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.transport import (
@@ -104,9 +104,9 @@ def test_curve_encrypted_edge_over_tcp(ctx, tmp_path):
     _, client_secret = generate_curve_keys(tmp_path, "client")
     _, stranger_secret = generate_curve_keys(tmp_path, "stranger")
     assert oct(server_secret.stat().st_mode & 0o777) == "0o600"
-    pull = ctx.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    pull.close(linger=0)  # only to find a free port
+    with socket.socket() as probe:  # a free port (closed synchronously, unlike a zmq socket)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     inp = make_endpoint("frames", "in", address=address, curve={"secret_key_file": str(server_secret)})
     out = make_endpoint(
