@@ -53,6 +53,7 @@ def accelerate(
     for i, attn in enumerate(layers):
         attn.reducer = GlobalReducer(i, session)
     model.spark3r_config = config
+    model.spark3r_targets = targets
     return model
 
 
@@ -60,7 +61,7 @@ def disable(model: nn.Module) -> nn.Module:
     """Back to dense attention everywhere (in place; returns `model`)."""
     for _, attn in attached_reducers(model):
         attn.reducer = None
-    for name in ("last_reduction_plan", "spark3r_config"):
+    for name in ("last_reduction_plan", "spark3r_config", "spark3r_targets"):
         if name in model.__dict__:
             delattr(model, name)
     return model

@@ -123,10 +123,18 @@ def build_merge_index(
     dst_slot = torch.where(dst_valid, dst_slot, dst_slot.gather(1, first)).view(-1)
     assert len(always_kept) + len(unmerged_rank) == S * P - int(num_merged.sum())
     return MergeIndex(
-        dst=dst.to(device), dst_valid=dst_valid.to(device), src=src.to(device), src_valid=src_valid.to(device),
-        num_merged=num_merged.to(device), num_tokens=S * P, num_kept=S * P - int(num_merged.sum()),
-        always_kept=always_kept.to(device), dst_slot=dst_slot.to(device), merged_rank=merged_rank.to(device),
-        unmerged_rank=unmerged_rank.to(device), src_invalid=~src_valid.to(device),
+        dst=dst.to(device),
+        dst_valid=dst_valid.to(device),
+        src=src.to(device),
+        src_valid=src_valid.to(device),
+        num_merged=num_merged.to(device),
+        num_tokens=S * P,
+        num_kept=S * P - int(num_merged.sum()),
+        always_kept=always_kept.to(device),
+        dst_slot=dst_slot.to(device),
+        merged_rank=merged_rank.to(device),
+        unmerged_rank=unmerged_rank.to(device),
+        src_invalid=~src_valid.to(device),
     )
 
 
