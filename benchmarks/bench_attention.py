@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="Spark3R repeats (dense: 3, or 1 above 400 frames)")
+    parser.add_argument("--name", default="bench_attention", help="result file stem")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny S, one repeat, no result files")
     args = parser.parse_args(argv)
     if args.quick:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     markdown = (
         f"One `Attention` layer (width {C}, {args.heads} heads, q/k-norm, 2-D RoPE), {h}×{h} patches + 5 special "
-        f"tokens per frame, float32, batch 1, paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
+        f"tokens per frame, float32, batch 1, {args.threads} thread(s), paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
         "FLOP ratio = dense FLOPs (qkv + attention + proj) ÷ Spark3R FLOPs (q on N, k/v on kept tokens, attention "
         "M×keys, proj on M); the query-matching FLOPs are overhead counted against Spark3R (measured separately "
         "in the second table). Dense: median of 3 (1 above 400 frames); Spark3R: median of "
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         + table(rows, phase_columns)
     )
     if not args.quick:
-        write_results("bench_attention", header("bench_attention", argv), markdown, {"rows": rows})
+        write_results(args.name, header("bench_attention", argv), markdown, {"rows": rows})
     print(markdown)
     return 0
 
