@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from spark3r_stream.launcher import launch, summarize_run
 
     overrides = [f"capture.frames={args.frames}"] if args.frames else []
-    overrides += ["fusion.viewer=spawn"] if args.viewer else []
+    overrides += ["fusion.rerun.spawn=true"] if args.viewer else []
     code = launch("demo", args.out, overrides)
     print(summarize_run(args.out))
     return code

@@ -1,0 +1,215 @@
+"""The pipeline's processes (capture, keyframes, reconstruction, fusion): thin mains over the library.
+
+Every node runs as `python -m nodes.<name> --config FILE [--set param=value ...] [--out DIR]`, where FILE is the
+node config the launcher writes (`<out>/launch/<name>.yaml`) or a launch file (the node is picked from it, as
+`spark3r run-node` does). What they share lives here: argument parsing, logging, the node report, stage timers.
+No torch is imported here (capture and keyframes start without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from spark3r_stream.errors import ConfigError, Spark3RError
+
+T = TypeVar("T")
+NODES = ("capture", "keyframes", "reconstruction", "fusion")
+FRAME_LOG = "frames.csv"  # written by the keyframes node, read by fusion: every frame, its keyframe id and GT
+FRAME_LOG_HEADER = "frame_seq,t_capture,keyframe_id," + ",".join(f"gt{r}{c}" for r in range(3) for c in range(4))
+DRAIN_TIMEOUT_S = 3600.0  # normal end: wait at most this long for receivers to take the rest of the stream
+LINGER_STOP_MS = 500  # after SIGINT/SIGTERM: the consumers are stopping too
+log = logging.getLogger("nodes")
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """A node's resolved config: params (plain data), endpoints, out dir, run id, and where the params came from."""
+
+    name: str
+    params: dict[str, Any]
+    endpoints: list[dict[str, Any]]
+    out: Path
+    run_id: str
+    source: str
+
+    key: str = "params"  # dotted path of `params` inside `source` (nodes.<name>.params in a launch file)
+
+    def config(self, cls: type[T], key: str | None = None, data: Any = None) -> T:
+        """Config dataclass `cls` from params (or params[key]); errors name the launch file and the full key path:
+        `launch/demo.yaml: nodes.keyframes.params.selector.max_interval: expected int >= min_interval, got 0`."""
+        from spark3r_stream.config import ConfigValueError, from_dict
+
+        if data is None:
+            data = self.params if key is None else (self.params.get(key) or {})
+        try:
+            return from_dict(cls, data)
+        except ConfigValueError as exc:
+            path = (*self.key.split("."), *([key] if key else []), *exc.path)
+            raise ConfigValueError(path, exc.problem, self.source) from None
+
+    def reject_unknown(self, allowed: Sequence[str]) -> None:
+        unknown = sorted(set(self.params) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{self.source}: {self.key}.{unknown[0]}: unknown key; expected one of {', '.join(allowed)}"
+            )
+
+    def report(self, path: Path | None = None) -> Any:
+        """The node's RunReport, written to `path` (default <out>/nodes/<name>.json) by NodeLoop on exit (even on
+        failure)."""
+        from spark3r_stream.report import RunReport
+
+        path = path or self.out / "nodes" / f"{self.name}.json"
+        report = RunReport(f"node {self.name}", path, with_machine=False)
+        report.set("run_id", self.run_id)
+        report.set("params", self.params)
+        return report
+
+
+def parse_args(kind: str, argv: Sequence[str] | None) -> NodeContext:
+    """Parse `--config FILE [--name NAME] [--set k=v ...] [--out DIR]`, set up logging; ConfigError if bad."""
+    from spark3r_stream.launcher import node_config_from
+
+    parser = argparse.ArgumentParser(prog=f"python -m nodes.{kind}")
+    parser.add_argument("--config", required=True, help="node config (<out>/launch/NAME.yaml) or a launch file")
+    parser.add_argument("--name", default=kind, help="the node's name in a launch file (default: the node kind)")
+    parser.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="override a param")
+    parser.add_argument("--out", help="output folder (default: the config's)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    config = node_config_from(args.config, args.name, [f"{args.name}.{s}" for s in args.set], out=args.out)
+    return NodeContext(
+        name=config.get("name", args.name),
+        params=dict(config.get("params") or {}),
+        endpoints=list(config["endpoints"]),
+        out=Path(config["out"]),
+        run_id=str(config.get("run_id", "")),
+        source=str(config.get("source", args.config)),
+        key=str(config.get("key", "params")),
+    )
+
+
+def run_main(kind: str, body: Callable[[NodeContext], int], argv: Sequence[str] | None) -> int:
+    """Run a node body: exit 0 ok, 1 run failure, 2 bad config/input (a Spark3RError, printed as one line)."""
+    try:
+        ctx = parse_args(kind, argv)
+    except Spark3RError as exc:
+        logging.basicConfig(level=logging.INFO)
+        log.error("%s: %s", kind, exc)
+        return 2
+    try:
+        return body(ctx)
+    except Spark3RError as exc:
+        log.error("%s: %s", ctx.name, exc)
+        return 2
+    except Exception:
+        log.exception("%s: failed", ctx.name)
+        return 1
+
+
+def read_frame_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(frame_seq [F], t_capture [F] s, ground truth world_from_cam [F, 4, 4] with NaN rows where a frame has none,
+    or None when no frame has any) from the keyframes node's frame log."""
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2) if path.stat().st_size else np.zeros((0, 15))
+    if rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0), None
+    gt = np.full((len(rows), 4, 4), np.nan)
+    gt[:, :3, :] = rows[:, 3:15].reshape(-1, 3, 4)
+    gt[:, 3, :] = (0.0, 0.0, 0.0, 1.0)
+    has_gt = ~np.isnan(rows[:, 3:15]).any(axis=1)
+    return rows[:, 0].astype(np.int64), rows[:, 1], (gt if has_gt.any() else None)
+
+
+@contextmanager
+def node_loop(ctx: NodeContext, report: Any) -> Iterator[Any]:
+    """The node's NodeLoop, closed so that the end of a lossless stream is never lost.
+
+    Adapter for a transport gap (reported): libzmq drops messages still queued on a PUSH socket that closes while
+    its receiver's queue is at the HWM, whatever the linger (seen here: 8 of 41 messages arrived). So after a normal
+    end each lossless output stays open until its receiver has disconnected (it has then read everything), waking
+    every poll for signals; after SIGINT/SIGTERM closing waits only LINGER_STOP_MS.
+    """
+    from spark3r_stream.transport import NodeLoop
+
+    with NodeLoop(ctx.name, ctx.endpoints, report=report) as loop:
+        outputs = [out for out in loop._outputs.values() if out.endpoint.kind == "lossless"]
+        monitors = [out.socket.get_monitor_socket() for out in outputs]
+        try:
+            yield loop
+        finally:
+            if loop.is_finished and not loop.is_stopping:
+                _wait_for_receivers(loop, monitors)
+            else:
+                loop.linger_ms = LINGER_STOP_MS
+            for out, monitor in zip(outputs, monitors, strict=True):
+                out.socket.disable_monitor()
+                monitor.close(linger=0)
+
+
+def _wait_for_receivers(loop: Any, monitors: list[Any]) -> None:
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    peers = [0] * len(monitors)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    pending = set(range(len(monitors)))
+    while pending and not loop.is_stopping and time.monotonic() < deadline:
+        for i in list(pending):
+            while monitors[i].poll(0):
+                event = recv_monitor_message(monitors[i])["event"]
+                peers[i] += event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED)
+                peers[i] -= event == zmq.EVENT_DISCONNECTED
+                if event == zmq.EVENT_DISCONNECTED and peers[i] <= 0:
+                    pending.discard(i)
+        if pending:
+            loop.poll_once(loop.poll_ms)  # serves signals (and anything still arriving) while waiting
+    if pending:
+        log.warning("%s: receivers still connected after the end of stream; closing", loop.name)
+
+
+class StageTimer:
+    """Per-message wall time of one stage (handler), summarised for the report: count, mean, p50, p95, max in ms."""
+
+    def __init__(self) -> None:
+        self.samples_ms: dict[str, list[float]] = {}
+
+    def wrap(self, stage: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        samples = self.samples_ms.setdefault(stage, [])
+
+        def timed(msg: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return handler(msg)
+            finally:
+                samples.append((time.perf_counter() - start) * 1e3)
+
+        return timed
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, samples in self.samples_ms.items():
+            if samples:
+                arr = np.asarray(samples)
+                out[stage] = {
+                    "count": len(arr),
+                    "mean_ms": round(float(arr.mean()), 3),
+                    "p50_ms": round(float(np.percentile(arr, 50)), 3),
+                    "p95_ms": round(float(np.percentile(arr, 95)), 3),
+                    "max_ms": round(float(arr.max()), 3),
+                    "total_s": round(float(arr.sum()) / 1e3, 3),
+                }
+        return out

@@ -1,0 +1,47 @@
+"""Capture node: a frame source (camera, video, folder, TUM, EuRoC, 7-Scenes, synthetic) -> frames.
+
+Params are the source spec of `spark3r_stream.sources.open_source` (`type`, `path`, `start`, `stop`, `stride`,
+`rate` and the kind's own options). Replay edges are lossless (backpressure); a live camera's launch file makes
+the frames edge `latest` (stale frames dropped on purpose and counted by the receiver). Starts without torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from nodes import NodeContext, node_loop, run_main
+from spark3r_stream.errors import ConfigError, Spark3RError
+from spark3r_stream.sources import open_source
+
+log = logging.getLogger("nodes.capture")
+
+
+def body(ctx: NodeContext) -> int:
+    report = ctx.report()
+    with node_loop(ctx, report) as loop:
+        try:
+            source = open_source(ctx.params)
+        except Spark3RError as exc:
+            loop.stop("bad input")
+            loop.end_stream()  # downstream learns at once that nothing will come
+            if isinstance(exc, ConfigError):
+                raise ConfigError(f"{ctx.source}: {ctx.key}: {exc}") from None
+            raise
+        report.set("source", source.info)
+        log.info("%s: %s (%s frames)", ctx.name, source.source_id, source.info.get("num_frames") or "live")
+        try:
+            loop.run(source)
+        finally:
+            report.set("source_counters", dict(source.counters))
+            source.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("capture", body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""Runs a launch file: every node its own process (own process group), endpoints and params handed over, log lines
+prefixed and coloured per node, SIGINT/SIGTERM forwarded and waited with a timeout, a respawn policy per node.
+
+A launch file (YAML; `preset:` names a base such as configs/pipeline.yaml) holds:
+
+    description: what it runs
+    transport: ipc | tcp          # default addresses of the edges (ipc://<run dir>/<edge>, tcp://127.0.0.1:<port>)
+    shutdown_timeout_s: 10        # after SIGINT, before SIGTERM (and as long again before SIGKILL)
+    vars: {gpu_host: 127.0.0.1}   # `${name}` in any string below; `--set vars.gpu_host=10.0.0.5`
+    edges: {frames: {kind: latest}}                  # both ends of an edge
+    nodes:
+      capture:                     # process name (log prefix); `node:` picks the node kind, default = the name
+        params: {type: synth, frames: 120}           # the node's own settings (validated by the node)
+        endpoints: {frames: {hwm: 4}}                # this end of an edge only
+        respawn: never | on-failure | always
+        max_restarts: 3
+        required: true             # its failure stops the pipeline (exit code non-zero)
+        remote: false              # true: not started here; run it elsewhere with `spark3r run-node NAME`
+
+`--set capture.path=/data/seq` sets `nodes.capture.params.path`; `--set capture.respawn=always` a node field;
+`--set vars.x=...`, `--set transport=tcp` the top level. Node processes run `python -m nodes.<node> --config
+<out>/launch/<name>.yaml`; each writes `<out>/nodes/<name>.json`; the launcher merges them into report.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from spark3r_stream.config import apply_overrides, load_config, to_dict
+from spark3r_stream.errors import ConfigError
+from spark3r_stream.transport.endpoints import NODE_EDGES, default_run_dir, make_endpoint
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCH_DIR = REPO_ROOT / "launch"
+NODE_KINDS: tuple[str, ...] = tuple(NODE_EDGES)  # capture, keyframes, reconstruction, fusion (modules nodes.<kind>)
+START_ORDER = ("fusion", "reconstruction", "keyframes", "capture")  # consumers first: nothing waits on a bind
+POLL_S = 0.1  # child-process supervision period
+COLORS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
+RESET = "\033[0m"
+EXIT_CONFIG = 2  # a node's (and the launcher's) exit code for bad usage/config/input
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeEntry:
+    """One process of a launch file."""
+
+    node: Literal["capture", "keyframes", "reconstruction", "fusion"] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    respawn: Literal["never", "on-failure", "always"] = "never"
+    max_restarts: int = 3
+    restart_delay_s: float = 1.0
+    required: bool = True
+    remote: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from spark3r_stream.config import check_field
+
+        check_field(self, "max_restarts", self.max_restarts >= 0, "int >= 0")
+        check_field(self, "restart_delay_s", self.restart_delay_s >= 0, "float >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchFile:
+    description: str = ""
+    transport: Literal["ipc", "tcp"] = "ipc"
+    shutdown_timeout_s: float = 10.0
+    vars: dict[str, str] = field(default_factory=dict)
+    edges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, NodeEntry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from spark3r_stream.config import check_field
+
+        check_field(self, "shutdown_timeout_s", self.shutdown_timeout_s > 0, "float > 0")
+        check_field(self, "nodes", bool(self.nodes), "at least one node")
+
+
+@dataclass(frozen=True)
+class ResolvedNode:
+    """What one node process gets: its kind, params, endpoints (plain dicts), the out dir and the run id."""
+
+    name: str
+    entry: NodeEntry
+    kind: str
+    config: dict[str, Any]  # the YAML handed to `python -m nodes.<kind> --config`
+
+
+def find_launch_file(name: str | Path) -> Path:
+    """A path as given, or a name in launch/ (`demo`, `demo.yaml`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (LAUNCH_DIR / path.name, LAUNCH_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in LAUNCH_DIR.glob("*.yaml")))
+    raise ConfigError(f"launch file {name}: not found (launch files in {LAUNCH_DIR}: {known})")
+
+
+def translate_overrides(overrides: Sequence[str], node_names: Sequence[str]) -> list[str]:
+    """`capture.path=x` -> `nodes.capture.params.path=x`; node fields and top-level keys pass through."""
+    node_fields = {f.name for f in dataclasses.fields(NodeEntry)}
+    top_fields = {f.name for f in dataclasses.fields(LaunchFile)}
+    out = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        parts = key.strip().split(".")
+        if not sep:
+            raise ConfigError(f"override {text!r}: expected node.param=value (e.g. capture.path=/data/seq)")
+        if parts[0] in node_names and len(parts) > 1:
+            inner = parts[1:] if parts[1] in node_fields else ["params", *parts[1:]]
+            parts = ["nodes", parts[0], *inner]
+        elif parts[0] not in top_fields:
+            raise ConfigError(
+                f"override {text!r}: {parts[0]!r} is neither a node ({', '.join(node_names)}) nor one of "
+                f"{', '.join(sorted(top_fields))}"
+            )
+        out.append(".".join(parts) + "=" + value)
+    return out
+
+
+def load_launch_file(path: str | Path, overrides: Sequence[str] = ()) -> tuple[LaunchFile, Path]:
+    """Parse and validate a launch file (with its `preset:` chain) and `--set` overrides."""
+    path = find_launch_file(path)
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    names = list((raw or {}).get("nodes", {}) or {}) if isinstance(raw, dict) else []
+    names = names or list(NODE_KINDS)
+    spec = load_config(LaunchFile, path, translate_overrides(overrides, names))
+    for name, entry in spec.nodes.items():
+        kind = entry.node or name
+        if kind not in NODE_KINDS:
+            raise ConfigError(f"{path}: nodes.{name}: no node kind {kind!r}; set node: one of {', '.join(NODE_KINDS)}")
+        for edge in entry.endpoints:
+            if edge not in NODE_EDGES[kind]["in"] + NODE_EDGES[kind]["out"]:
+                edges = ", ".join(NODE_EDGES[kind]["in"] + NODE_EDGES[kind]["out"])
+                raise ConfigError(f"{path}: nodes.{name}.endpoints.{edge}: node {kind!r} has no such edge ({edges})")
+    for edge in spec.edges:
+        if edge not in {e for k in NODE_KINDS for d in ("in", "out") for e in NODE_EDGES[k][d]}:
+            raise ConfigError(f"{path}: edges.{edge}: unknown edge")
+    return spec, path
+
+
+def _substitute(value: Any, variables: Mapping[str, str], where: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            if match.group(1) not in variables:
+                raise ConfigError(f"{where}: ${{{match.group(1)}}} is not defined in vars ({', '.join(variables)})")
+            return str(variables[match.group(1)])
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", repl, value)
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, variables, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_substitute(v, variables, where) for v in value]
+    return value
+
+
+def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[ResolvedNode]:
+    """Every node's config: params, endpoints (edge defaults <- launch `edges` <- node `endpoints`), out, run id."""
+    run_dir = default_run_dir(run_id) if spec.transport == "ipc" else None
+    resolved = []
+    for name, entry in spec.nodes.items():
+        kind = entry.node or name
+        where = f"{source}: nodes.{name}"
+        endpoints = []
+        for direction in ("in", "out"):
+            for edge in NODE_EDGES[kind][direction]:
+                fields = {**spec.edges.get(edge, {}), **entry.endpoints.get(edge, {})}
+                fields = _substitute(fields, spec.vars, f"{where}.endpoints.{edge}")
+                fields.setdefault("transport", spec.transport)
+                if run_dir is not None:
+                    fields.setdefault("run_dir", str(run_dir))
+                try:
+                    ep = make_endpoint(edge, direction, **fields)  # validates kind, hwm, address, remote binds
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}.endpoints.{edge}: {exc}") from None
+                endpoints.append({k: v for k, v in to_dict(ep).items() if v is not None})
+        config = {
+            "name": name,
+            "node": kind,
+            "run_id": run_id,
+            "out": str(out),
+            "source": str(source),
+            "key": f"nodes.{name}.params",
+            "params": _substitute(entry.params, spec.vars, f"{where}.params"),
+            "endpoints": endpoints,
+        }
+        resolved.append(ResolvedNode(name, entry, kind, config))
+    return resolved
+
+
+class _Child:
+    def __init__(self, node: ResolvedNode, config_path: Path, color: str, log_dir: Path) -> None:
+        self.node = node
+        self.config_path = config_path
+        self.color = color
+        self.log_path = log_dir / f"{node.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.exit_codes: list[int] = []
+        self.restart_at: float | None = None
+        self.done = False
+        self.handled = False  # this process's exit was seen
+        self._threads: list[threading.Thread] = []
+
+
+class Launcher:
+    """Starts the nodes of a resolved launch file and supervises them until they all ended (or a signal)."""
+
+    def __init__(
+        self,
+        spec: LaunchFile,
+        source: Path,
+        out: str | Path,
+        *,
+        run_id: str | None = None,
+        color: bool | None = None,
+        stream: Any = None,
+    ) -> None:
+        self.spec = spec
+        self.source = source
+        self.out = Path(out).resolve()
+        self.run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.stream = stream if stream is not None else sys.stdout
+        self.color = color if color is not None else (self.stream.isatty() and "NO_COLOR" not in os.environ)
+        self.nodes = resolve(spec, source, self.out, self.run_id)
+        self.children: list[_Child] = []
+        self.stop_reason: str | None = None
+        self.started_at = time.time()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ process handling
+    def _command(self, child: _Child) -> list[str]:
+        return [sys.executable, "-m", f"nodes.{child.node.kind}", "--config", str(child.config_path)]
+
+    def _start(self, child: _Child) -> None:
+        env = {**os.environ, **child.node.entry.env, "SPARK3R_RUN_ID": self.run_id, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        child.proc = subprocess.Popen(
+            self._command(child),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+            env=env,
+            start_new_session=True,  # own process group: a terminal's Ctrl-C reaches the launcher only
+        )
+        child.restart_at = None
+        child.handled = False
+        thread = threading.Thread(target=self._pump, args=(child, child.proc), daemon=True)
+        thread.start()
+        child._threads.append(thread)
+        self._say(child, f"started (pid {child.proc.pid})")
+
+    def _pump(self, child: _Child, proc: subprocess.Popen[bytes]) -> None:
+        """Copy a child's output line by line, prefixed (and coloured) with its name, to the console and its log."""
+        assert proc.stdout is not None
+        with open(child.log_path, "ab") as log_file:
+            for raw in iter(proc.stdout.readline, b""):
+                log_file.write(raw)
+                log_file.flush()
+                self._emit(child, raw.decode(errors="replace").rstrip("\n"))
+
+    def _emit(self, child: _Child, line: str) -> None:
+        prefix = f"[{child.node.name}]"
+        if self.color:
+            prefix = f"{child.color}{prefix}{RESET}"
+        with self._lock:
+            self.stream.write(f"{prefix} {line}\n")
+            self.stream.flush()
+
+    def _say(self, child: _Child, text: str) -> None:
+        self._emit(child, f"launcher: {text}")
+
+    def _signal_all(self, signum: int) -> None:
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                try:
+                    os.killpg(child.proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def _alive(self) -> list[_Child]:
+        return [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+
+    def shutdown(self, reason: str) -> None:
+        """SIGINT to every node, wait; SIGTERM, wait; SIGKILL (ROS-launch style escalation)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("launcher: stopping all nodes (%s)", reason)
+        for child in self.children:
+            child.restart_at = None
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if not self._alive():
+                return
+            if signum != signal.SIGINT:
+                names = ", ".join(c.node.name for c in self._alive())
+                log.warning("launcher: %s still running after %.0f s; sending %s", names, self._timeout, signum.name)
+            self._signal_all(signum)
+            deadline = time.monotonic() + self._timeout
+            while self._alive() and time.monotonic() < deadline:
+                try:
+                    self._alive()[0].proc.wait(timeout=POLL_S)  # type: ignore[union-attr]
+                except subprocess.TimeoutExpired:
+                    pass
+
+    @property
+    def _timeout(self) -> float:
+        return self.spec.shutdown_timeout_s
+
+    def _on_exit(self, child: _Child, code: int) -> None:
+        child.exit_codes.append(code)
+        child.handled = True
+        entry = child.node.entry
+        self._say(child, f"exited with code {code}")
+        failed = code != 0
+        wants = entry.respawn == "always" or (entry.respawn == "on-failure" and failed)
+        if self.stop_reason is None and wants and code != EXIT_CONFIG and child.restarts < entry.max_restarts:
+            child.restarts += 1
+            delay = entry.restart_delay_s * 2 ** (child.restarts - 1)  # doubling backoff
+            child.restart_at = time.monotonic() + delay
+            self._say(child, f"respawn {child.restarts}/{entry.max_restarts} in {delay:.1f} s")
+            return
+        child.done = True
+        if failed and entry.required and self.stop_reason is None:
+            self.shutdown(f"required node {child.node.name!r} failed with code {code}")
+
+    def _supervise_once(self) -> None:
+        for child in self.children:
+            if child.done or child.proc is None:
+                continue
+            if not child.handled and child.proc.poll() is not None:
+                self._on_exit(child, child.proc.returncode)
+            if child.restart_at is not None and time.monotonic() >= child.restart_at:
+                self._start(child)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        """Run until every node ended; returns 0, 1 (a node failed), 2 (a node rejected its config or input),
+        130/143 after SIGINT/SIGTERM."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        config_dir, log_dir = self.out / "launch", self.out / "logs"
+        config_dir.mkdir(exist_ok=True)
+        log_dir.mkdir(exist_ok=True)
+        order = sorted(self.nodes, key=lambda n: START_ORDER.index(n.kind))
+        for i, node in enumerate(order):
+            path = config_dir / f"{node.name}.yaml"
+            path.write_text(yaml.safe_dump(node.config, sort_keys=False))
+            child = _Child(node, path, COLORS[i % len(COLORS)], log_dir)
+            self.children.append(child)
+            if node.entry.remote:
+                addresses = ", ".join(e["address"] for e in node.config["endpoints"])
+                self._say(
+                    child,
+                    f"remote: start it there with `spark3r run-node {node.name} --config {self.source}` ({addresses})",
+                )
+                child.done = True
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for child in self.children:
+                if not child.done:
+                    self._start(child)
+            while not all(c.done for c in self.children):
+                self._supervise_once()
+                if self._pending_signal:
+                    self.shutdown(self._pending_signal)
+                    self._pending_signal = None
+                    break
+                alive = self._alive()
+                if alive:
+                    try:
+                        alive[0].proc.wait(timeout=POLL_S)  # type: ignore[union-attr]
+                    except subprocess.TimeoutExpired:
+                        pass
+        finally:
+            self.shutdown(self.stop_reason or "finished")
+            for child in self.children:
+                if child.proc is not None and not child.handled:
+                    child.exit_codes.append(child.proc.wait())
+                    child.handled = True
+                    self._say(child, f"exited with code {child.exit_codes[-1]}")
+                for thread in child._threads:
+                    thread.join(timeout=5)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+        codes = [c.exit_codes[-1] for c in self.children if c.exit_codes]
+        status = EXIT_CONFIG if EXIT_CONFIG in codes else (1 if any(codes) else 0)
+        if status == 0 and self.stop_reason in ("SIGINT", "SIGTERM"):
+            status = 130 if self.stop_reason == "SIGINT" else 143
+        self.write_report(status)
+        return status
+
+    _pending_signal: str | None = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._pending_signal or self.stop_reason:
+            if signum == signal.SIGINT:  # second Ctrl-C: stop waiting for a clean exit
+                self._signal_all(signal.SIGKILL)
+            return
+        self._pending_signal = signal.Signals(signum).name
+
+    # ------------------------------------------------------------------ report
+    def write_report(self, status: int) -> Path:
+        """Merge the nodes' reports into <out>/report.json (fusion's results stay; the pipeline section is added)."""
+        path = self.out / "report.json"
+        report: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                report = json.loads(path.read_text())
+            except ValueError:
+                report = {}
+        nodes = {}
+        for child in self.children:
+            node_report = self.out / "nodes" / f"{child.node.name}.json"
+            if not node_report.is_file() and child.node.kind == "fusion":
+                node_report = path  # fusion's report is report.json itself
+            data = json.loads(node_report.read_text()) if node_report.is_file() else None
+            if data is not None and node_report == path:
+                data = {"status": data.get("status"), "transport": data.get("transport")}
+            nodes[child.node.name] = {
+                "kind": child.node.kind,
+                "exit_codes": child.exit_codes,
+                "restarts": child.restarts,
+                "remote": child.node.entry.remote,
+                "report": data,
+            }
+        wall_s = time.time() - self.started_at
+        report["pipeline"] = {
+            "launch_file": str(self.source),
+            "run_id": self.run_id,
+            "exit_code": status,
+            "stop_reason": self.stop_reason,
+            "wall_s": round(wall_s, 3),
+            "nodes": nodes,
+            "accounting": frame_accounting(nodes),
+        }
+        frames = report["pipeline"]["accounting"].get("frames_captured")
+        if frames:
+            report["pipeline"]["frames_per_s"] = round(frames / wall_s, 3)
+        report.setdefault("status", "ok" if status == 0 else "failed")
+        if status and report.get("status") == "ok":
+            report["status"] = "failed"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        tmp.replace(path)
+        return path
+
+
+def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Where every captured frame went, from the node reports: sent, received, lost on the way, keyframe or not."""
+
+    def transport(kind: str) -> dict[str, Any]:
+        for entry in nodes.values():
+            if entry["kind"] == kind and entry.get("report"):
+                return entry["report"].get("transport", {})
+        return {}
+
+    def counters(kind: str) -> dict[str, float]:
+        return transport(kind).get("counters", {})
+
+    capture, keyframes, recon, fusion = (counters(k) for k in ("capture", "keyframes", "reconstruction", "fusion"))
+    out: dict[str, Any] = {
+        "frames_captured": capture.get("sent.frame"),
+        "frames_unsent": capture.get("dropped.unsent", 0) if capture else None,
+        "frames_received": keyframes.get("recv.frame"),
+        "frames_stale_dropped": keyframes.get("dropped.stale", 0) if keyframes else None,
+        "frames_lost": keyframes.get("lost.frames", 0) if keyframes else None,
+        "keyframes_sent": keyframes.get("sent.keyframe"),
+        "keyframes_received": recon.get("recv.keyframe"),
+        "keyframes_lost": recon.get("lost.keyframes", 0) if recon else None,
+        "window_requests": keyframes.get("sent.window_request"),
+        "window_results_sent": recon.get("sent.window_result"),
+        "window_results_received": fusion.get("recv.window_result"),
+        "results_lost": fusion.get("lost.results", 0) if fusion else None,
+        "malformed_dropped": {
+            name: {k: v for k, v in counters(entry["kind"]).items() if k.startswith("dropped.")}
+            for name, entry in nodes.items()
+        },
+    }
+    sel = (nodes.get("keyframes", {}).get("report") or {}).get("frames", {})
+    if sel:
+        out["frames_by_outcome"] = sel
+    captured, received = out["frames_captured"], out["frames_received"]
+    out["all_frames_accounted"] = bool(
+        captured is not None
+        and received is not None
+        and captured == received + (out["frames_stale_dropped"] or 0)
+        and not out["frames_lost"]
+        and not out["keyframes_lost"]
+        and not out["results_lost"]
+    )
+    return out
+
+
+def node_config_from(
+    path: str | Path, name: str, overrides: Sequence[str] = (), out: str | Path | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """One node's config for `spark3r run-node NAME --config FILE`: FILE is a launch file (the node is picked and
+    resolved exactly as the launcher would) or a node config the launcher wrote (`<out>/launch/<name>.yaml`)."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if isinstance(data, dict) and "nodes" not in data and "endpoints" in data:
+        node_overrides = [o.split(".", 1)[1] if o.startswith(f"{name}.") else o for o in overrides]
+        config = apply_overrides({"params": data.get("params", {})}, [f"params.{o}" for o in node_overrides])
+        return {**data, "params": config["params"], **({"out": str(out)} if out else {})}
+    spec, source = load_launch_file(path, overrides)
+    if name not in spec.nodes:
+        raise ConfigError(f"{source}: no node {name!r} (nodes: {', '.join(spec.nodes)})")
+    target = Path(out) if out is not None else Path("runs") / name
+    rid = run_id or os.environ.get("SPARK3R_RUN_ID") or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    nodes = resolve(spec, source, target.resolve(), rid)
+    return next(n.config for n in nodes if n.name == name)
+
+
+def launch(path: str | Path, out: str | Path, overrides: Sequence[str] = (), **kwargs: Any) -> int:
+    """Load, validate and run a launch file; returns the exit code."""
+    spec, source = load_launch_file(path, overrides)
+    return Launcher(spec, source, out, **kwargs).run()
+
+
+def summarize_run(out: str | Path) -> str:
+    """A few lines for the console: where the outputs are, frames accounted for, throughput, ATE."""
+    out = Path(out)
+    path = out / "report.json"
+    if not path.is_file():
+        return f"no report in {out} (see {out / 'logs'})"
+    report = json.loads(path.read_text())
+    pipeline = report.get("pipeline", {})
+    acc = pipeline.get("accounting", {})
+    lines = [f"outputs in {out.resolve()}/ (status {report.get('status')}, exit code {pipeline.get('exit_code')})"]
+    for name, file in sorted((report.get("outputs") or {}).items()):
+        lines.append(f"  {name}: {file}")
+    lines.append(
+        f"frames: {acc.get('frames_captured')} captured, {acc.get('frames_received')} received, "
+        f"{acc.get('frames_lost')} lost, {acc.get('frames_stale_dropped')} dropped as stale; "
+        f"all accounted for: {acc.get('all_frames_accounted')}"
+    )
+    lines.append(
+        f"keyframes {acc.get('keyframes_sent')}, windows {acc.get('window_results_received')}, "
+        f"wall {pipeline.get('wall_s')} s, {pipeline.get('frames_per_s')} frames/s end to end"
+    )
+    ate = (report.get("trajectory") or {}).get("all_frames") or {}
+    if ate.get("ate_rmse_m") is not None:
+        lines.append(
+            f"ATE (Sim(3)-aligned, every frame) vs ground truth: {ate['ate_rmse_m']:.4f} m RMSE "
+            f"({100 * ate.get('ate_over_extent', float('nan')):.1f} % of the trajectory extent)"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "LaunchFile",
+    "Launcher",
+    "NodeEntry",
+    "find_launch_file",
+    "launch",
+    "load_launch_file",
+    "node_config_from",
+    "summarize_run",
+]
