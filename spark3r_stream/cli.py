@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("probe", help="measure the Spark3R layer sensitivity of a model; writes a schedule file")
+    p.add_argument("probe_args", nargs=argparse.REMAINDER, help="--model NAME [--weights P] [--out F] SEQUENCE…")
+
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (results in benchmarks/results/)")
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (e.g. --quick)")
@@ -205,7 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands whose own argparse parses everything after the name (their flags are theirs, not ours).
+DELEGATED = {"probe": "spark3r_stream.spark3r.probe"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        _setup_logging("info")
+        try:
+            return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]))
+        except Spark3RError as exc:
+            print(f"spark3r {argv[0]}: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:

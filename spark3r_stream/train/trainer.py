@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,6 +152,10 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         tmp.replace(state_path)
         save_weights(model, out / "weights.safetensors", {"step": step, "preset": cfg.preset})
 
+    def stop_on_signal(signum, frame):  # SIGTERM (and SIGINT in background jobs) still writes a checkpoint
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while step < cfg.total_steps:
             if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
@@ -210,7 +215,11 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 )
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
+    except KeyboardInterrupt as exc:
+        log.info("stopping at step %d (%s)", step, exc)
     finally:
         checkpoint()
         log_file.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return state_path
