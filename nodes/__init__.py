@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +25,18 @@ import numpy as np
 from spark3r_stream.errors import ConfigError, Spark3RError
 
 T = TypeVar("T")
+_early_signal: list[str] = []  # a SIGINT/SIGTERM that arrived before the node's NodeLoop took over the signals
+
+
+def _on_early_signal(signum: int, frame: Any) -> None:
+    _early_signal.append(signal.Signals(signum).name)
+
+
+# Installed at import, before the heavy imports of a node (torch, rerun): the launcher may stop the pipeline while
+# a node is still starting, and that node must then exit cleanly (code 0), not die of KeyboardInterrupt.
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, _on_early_signal)
+    signal.signal(signal.SIGTERM, _on_early_signal)
 NODES = ("capture", "keyframes", "reconstruction", "fusion")
 FRAME_LOG = "frames.csv"  # written by the keyframes node, read by fusion: every frame, its keyframe id and GT
 FRAME_LOG_HEADER = "frame_seq,t_capture,keyframe_id," + ",".join(f"gt{r}{c}" for r in range(3) for c in range(4))
@@ -146,11 +161,14 @@ def node_loop(ctx: NodeContext, report: Any) -> Iterator[Any]:
     from spark3r_stream.transport import NodeLoop
 
     with NodeLoop(ctx.name, ctx.endpoints, report=report) as loop:
+        if _early_signal:
+            loop.stop(_early_signal[0])
         outputs = [out for out in loop._outputs.values() if out.endpoint.kind == "lossless"]
         monitors = [out.socket.get_monitor_socket() for out in outputs]
         try:
             yield loop
         finally:
+            report.set("max_rss_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
             if loop.is_finished and not loop.is_stopping:
                 _wait_for_receivers(loop, monitors)
             else:

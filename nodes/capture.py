@@ -33,6 +33,10 @@ def body(ctx: NodeContext) -> int:
         log.info("%s: %s (%s frames)", ctx.name, source.source_id, source.info.get("num_frames") or "live")
         try:
             loop.run(source)
+        except Spark3RError as exc:  # the source failed mid-run (camera lost, unreadable file): a run failure
+            log.error("%s: %s; %d frames were sent", ctx.name, exc, loop.counters["sent.frame"])
+            report.set("error", str(exc))
+            return 1
         finally:
             report.set("source_counters", dict(source.counters))
             source.close()

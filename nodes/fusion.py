@@ -1,9 +1,6 @@
-"""Fusion node: window results (+ forwarded keyframes) -> the global map, Rerun, map updates (fanout), and on
-shutdown (normal end, Ctrl-C, SIGTERM) trajectory_keyframes.tum, trajectory.tum, map.ply, recording.rrd,
-groundtruth.tum (when the source had ground truth) and report.json with the ATE.
-
-Params: `map` (GlobalMapConfig), `rerun` (RerunConfig; by default saves <out>/recording.rrd), `save_rrd`.
-"""
+"""Fusion node: window results + forwarded keyframes -> GlobalMap, Rerun, map updates (fanout); on shutdown (end,
+Ctrl-C, SIGTERM) the trajectories, map.ply, recording.rrd, groundtruth.tum and report.json with the ATE.
+Params: `map` (GlobalMapConfig), `rerun` (RerunConfig; saves <out>/recording.rrd unless `save_rrd: false`)."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nodes import FRAME_LOG, NodeContext, StageTimer, node_loop, read_frame_log, run_main
-from spark3r_stream.eval.trajectory import trajectory_metrics, write_tum
+from spark3r_stream.eval.trajectory import trajectory_metrics_from_files, write_tum
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
 from spark3r_stream.transport import Keyframe, MapUpdate, WindowResult
 from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
@@ -37,43 +34,23 @@ def body(ctx: NodeContext) -> int:
 
     def poses(snapshot: bool = False) -> MapUpdate | None:
         ids = tuple(gmap.keyframe_ids)
-        return (
-            MapUpdate(
-                keyframe_ids=ids, world_from_cam=np.stack([gmap.world_from_cam(k) for k in ids]), is_snapshot=snapshot
-            )
-            if ids
-            else None
-        )
+        stacked = np.stack([gmap.world_from_cam(k) for k in ids]) if ids else None
+        return MapUpdate(keyframe_ids=ids, world_from_cam=stacked, is_snapshot=snapshot) if ids else None
 
     def on_keyframe(keyframe: Keyframe) -> None:
         gmap.add_keyframe(keyframe.keyframe_id, keyframe.frame_seq, keyframe.t_capture, keyframe.image)
         newest.update(frame_seq=keyframe.frame_seq, t=keyframe.t_capture)
 
     def on_result(result: WindowResult) -> MapUpdate | None:
-        step = gmap.integrate_window(
-            result.window_id,
-            result.keyframe_ids,
-            result.world_from_cam,
-            result.intrinsics,
-            result.dense_keyframe_ids,
-            result.depth,
-            result.depth_conf,
-        )
+        fields = ("window_id", "keyframe_ids", "world_from_cam", "intrinsics", "dense_keyframe_ids", "depth")
+        step = gmap.integrate_window(*(getattr(result, f) for f in fields), result.depth_conf)
         viewer.sync(gmap, newest["frame_seq"], newest["t"])
-        windows.append(
-            {
-                "window_id": result.window_id,
-                "num_keyframes": len(result.keyframe_ids),
-                "num_dense": len(result.dense_keyframe_ids),
-                "timings": result.timings,
-                "alignment": step.alignment.summary(),
-            }
-        )
+        summary = {"num_dense": len(result.dense_keyframe_ids), "alignment": step.alignment.summary()}
+        windows.append({"window_id": result.window_id, "timings": result.timings, **summary})
         plans[result.model] = result.plan
         return poses()
 
-    windows: list = []
-    plans: dict = {}
+    windows, plans = [], {}
     with node_loop(ctx, report) as loop:
         loop.on(Keyframe, timer.wrap("add_keyframe", on_keyframe))
         loop.on(WindowResult, timer.wrap("fuse_window", on_result))
@@ -95,30 +72,24 @@ def write_outputs(ctx: NodeContext, gmap: GlobalMap, viewer: MapLogger, report, 
     seqs, times, gt = read_frame_log(frame_log) if frame_log.is_file() else (np.zeros(0), np.zeros(0), None)
     for seq, t in zip(seqs, times, strict=True):
         gmap.record_frame(int(seq), float(t))
-    for name, path in gmap.export(ctx.out).items():
-        report.output(name, path)
+    outputs = gmap.export(ctx.out) if gmap.keyframe_ids else {}
     viewer.finish(gmap, newest["frame_seq"], newest["t"])
-    if viewer.config.rrd_path is not None:
-        report.output("recording", viewer.config.rrd_path)
+    outputs["recording"] = viewer.config.rrd_path
     has_gt = np.zeros(len(seqs), bool) if gt is None else ~np.isnan(gt[:, 0, 0])
     report.set("frames", {"logged": len(seqs), "with_ground_truth": int(has_gt.sum())})
-    if not has_gt.any():
-        return
-    write_tum(ctx.out / "groundtruth.tum", times[has_gt], gt[has_gt], comment="ground truth of the same frames")
-    report.output("groundtruth", ctx.out / "groundtruth.tum")
-    gt_of = {int(s): gt[i] for i, s in enumerate(seqs) if has_gt[i]}
-    est_seqs, _, est = gmap.frame_trajectory()
-    keyframe_seqs = [gmap.frame_seq(k) for k in gmap.keyframe_ids]
-    keyframe_est = [gmap.world_from_cam(k) for k in gmap.keyframe_ids]
     trajectory = {}
-    for name, frame_seqs, poses in (("all_frames", est_seqs, est), ("keyframes", keyframe_seqs, keyframe_est)):
-        pairs = [(pose, gt_of[int(s)]) for s, pose in zip(frame_seqs, poses, strict=True) if int(s) in gt_of]
-        if len(pairs) >= 3:
-            trajectory[name] = trajectory_metrics(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    if has_gt.any() and outputs:
+        outputs["groundtruth"] = ctx.out / "groundtruth.tum"
+        write_tum(outputs["groundtruth"], times[has_gt], gt[has_gt], comment="ground truth of the same frames")
+        for name, key in (("all_frames", "trajectory"), ("keyframes", "trajectory_keyframes")):
+            if len(gmap.keyframe_ids) >= 3:  # same timestamps in both files: associated exactly
+                trajectory[name] = trajectory_metrics_from_files(outputs[key], outputs["groundtruth"])
+    for name, path in outputs.items():
+        if path is not None:
+            report.output(name, path)
     report.set("trajectory", trajectory)
     if "all_frames" in trajectory:
-        metrics = trajectory["all_frames"]
-        log.info("%s: ATE %.4f m over %d frames (Sim(3))", ctx.name, metrics["ate_rmse_m"], metrics["num_poses"])
+        log.info("%s: ATE %.4f m (Sim(3), every frame)", ctx.name, trajectory["all_frames"]["ate_rmse_m"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import yaml
 
-from spark3r_stream.config import apply_overrides, load_config, to_dict
+from spark3r_stream.config import apply_overrides, load_config, load_yaml, to_dict
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.transport.endpoints import NODE_EDGES, default_run_dir, make_endpoint
 
@@ -141,8 +141,8 @@ def translate_overrides(overrides: Sequence[str], node_names: Sequence[str]) -> 
 def load_launch_file(path: str | Path, overrides: Sequence[str] = ()) -> tuple[LaunchFile, Path]:
     """Parse and validate a launch file (with its `preset:` chain) and `--set` overrides."""
     path = find_launch_file(path)
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    names = list((raw or {}).get("nodes", {}) or {}) if isinstance(raw, dict) else []
+    raw = load_yaml(path)  # ConfigError naming the file and line for invalid YAML
+    names = list(raw.get("nodes") or {}) if isinstance(raw.get("nodes"), dict) else []
     names = names or list(NODE_KINDS)
     spec = load_config(LaunchFile, path, translate_overrides(overrides, names))
     for name, entry in spec.nodes.items():

@@ -1,0 +1,70 @@
+"""Static checks of the nodes and launch files: thin mains, torch-free front end, every launch file resolves."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark3r_stream.launcher import LAUNCH_DIR, load_launch_file, resolve, translate_overrides
+from spark3r_stream.transport.endpoints import NODE_EDGES
+
+NODES_DIR = Path(__file__).resolve().parents[2] / "nodes"
+MAX_NODE_LINES = 100  # STYLE.md §6
+
+
+@pytest.mark.parametrize("kind", list(NODE_EDGES))
+def test_node_is_thin(kind):
+    source = (NODES_DIR / f"{kind}.py").read_text()
+    assert len(source.splitlines()) <= MAX_NODE_LINES
+    tree = ast.parse(source)
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+
+
+@pytest.mark.parametrize("kind", ["capture", "keyframes"])
+def test_front_end_nodes_start_without_torch(kind):
+    code = (
+        f"import sys, nodes.{kind}; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=NODES_DIR.parent, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(LAUNCH_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_launch_file_resolves_with_out_and_path_override(path, tmp_path):
+    spec, source = load_launch_file(path, ["capture.path=/data/seq"])
+    assert spec.nodes["capture"].params["path"] == "/data/seq"
+    nodes = resolve(spec, source, tmp_path, "t")
+    assert {n.kind for n in nodes} == set(NODE_EDGES)
+    for node in nodes:
+        assert node.config["out"] == str(tmp_path)
+        edges = {e["edge"] for e in node.config["endpoints"]}
+        assert edges == set(NODE_EDGES[node.kind]["in"] + NODE_EDGES[node.kind]["out"])
+
+
+def test_overrides_target_params_node_fields_and_top_level():
+    names = ["capture", "fusion"]
+    assert translate_overrides(
+        ["capture.path=/x", "capture.respawn=always", "vars.h=1", "fusion.map.voxel_size=0.1"], names
+    ) == [
+        "nodes.capture.params.path=/x",
+        "nodes.capture.respawn=always",
+        "vars.h=1",
+        "nodes.fusion.params.map.voxel_size=0.1",
+    ]
+
+
+def test_remote_launch_file_binds_beyond_loopback_only_where_it_says_so(tmp_path):
+    spec, source = load_launch_file("remote_reconstruction", ["vars.gpu_host=10.0.0.7"])
+    nodes = {n.name: n for n in resolve(spec, source, tmp_path, "t")}
+    assert spec.nodes["reconstruction"].remote
+    keyframes_out = next(e for e in nodes["keyframes"].config["endpoints"] if e["edge"] == "keyframes")
+    assert keyframes_out["address"] == "tcp://10.0.0.7:5551" and not keyframes_out["bind"]
+    binds = [e for n in nodes.values() for e in n.config["endpoints"] if e["bind"] and "0.0.0.0" in e["address"]]
+    assert {e["edge"] for e in binds} == {"keyframes", "results"}
+    assert all(e["allow_remote_bind"] for e in binds)
