@@ -309,6 +309,9 @@ class Launcher:
             log.info("launcher: stopping all nodes (%s)", reason)
         for child in self.children:
             child.restart_at = None
+        if self._shut_down:  # once: a second SIGINT means "stop waiting" to a node (NodeLoop), not "stop"
+            return
+        self._shut_down = True
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if not self._alive():
                 return
@@ -403,6 +406,9 @@ class Launcher:
             for signum, handler in old.items():
                 signal.signal(signum, handler)
         codes = [c.exit_codes[-1] for c in self.children if c.exit_codes]
+        if self.stop_reason in ("SIGINT", "SIGTERM"):
+            # a node still starting when the launcher forwarded the signal ends by it: stopped, not failed
+            codes = [0 if code in (-signal.SIGINT, -signal.SIGTERM) else code for code in codes]
         status = EXIT_CONFIG if EXIT_CONFIG in codes else (1 if any(codes) else 0)
         if status == 0 and self.stop_reason in ("SIGINT", "SIGTERM"):
             status = 130 if self.stop_reason == "SIGINT" else 143
@@ -410,6 +416,7 @@ class Launcher:
         return status
 
     _pending_signal: str | None = None
+    _shut_down = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._pending_signal or self.stop_reason:
@@ -456,9 +463,12 @@ class Launcher:
         frames = report["pipeline"]["accounting"].get("frames_captured")
         if frames:
             report["pipeline"]["frames_per_s"] = round(frames / wall_s, 3)
-        report.setdefault("status", "ok" if status == 0 else "failed")
-        if status and report.get("status") == "ok":
+        if status in (1, EXIT_CONFIG):
             report["status"] = "failed"
+        elif status in (130, 143):
+            report["status"] = "interrupted"
+        else:
+            report.setdefault("status", "ok")
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=2, default=str))
         tmp.replace(path)
