@@ -5,7 +5,7 @@ every node process), and the memory of the reconstruction and fusion state as ke
 
 The demo runs through the launcher exactly as `spark3r demo` does (shipped vggt-tiny weights unless
 --random-weights). The memory sweep runs the library objects of the two nodes in this process, with random weights
-and a tiny window (max_window 16, stride 8, overlap 4): resident memory and stored keyframes are sampled every 100
+and a tiny window (max_window 20, stride 16, overlap 4): resident memory and stored keyframes are sampled every 100
 keyframes; the reconstruction node must stay bounded by the window, fusion by its point caps.
 """
 
@@ -80,7 +80,7 @@ def memory_sweep(num_keyframes: int) -> list[dict[str, float]]:
 
     torch.manual_seed(0)
     recon = WindowReconstructor.from_config(ReconstructionConfig(random_weights=True))
-    scheduler = WindowScheduler(WindowSchedulerConfig(stride=8, max_window=16, overlap=4))
+    scheduler = WindowScheduler(WindowSchedulerConfig(stride=16, max_window=20, overlap=4))
     gmap = GlobalMap(GlobalMapConfig(max_points_per_keyframe=500, max_total_points=200_000, max_cached_images=32))
     rng = np.random.default_rng(0)
     rows, base = [], rss_mb()
@@ -153,7 +153,7 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
     lines += [
         "",
         "## Memory as keyframes grow (reconstruction + fusion state, one process, random weights,",
-        "max_window 16, stride 8, overlap 4; fusion caps 500 points/keyframe, 200k points)",
+        "max_window 20, stride 16, overlap 4; fusion caps 500 points/keyframe, 200k points)",
         "",
         "| keyframes | RSS MB | growth MB | stored images | cached encodings | map points |",
         "|---|---|---|---|---|---|",
