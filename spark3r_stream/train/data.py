@@ -40,7 +40,7 @@ class ScenePool:
         image_size: int,
         first_seed: int,
         step_m: float,
-        turn_deg: float,
+        turn_deg: float | tuple[float, float],
         refresh_every: int = 48,
     ) -> None:
         self.frames, self.image_size = frames, image_size
@@ -63,7 +63,7 @@ class ScenePool:
             width=self.image_size,
             path=path,
             step_m=self.step_m * self.rng.uniform(0.6, 1.4),
-            turn_deg=self.turn_deg,
+            turn_deg=float(self.rng.uniform(*np.broadcast_to(self.turn_deg, 2))),
         )
 
     def draw(self) -> SyntheticSequence:

@@ -47,6 +47,7 @@ class TrainConfig:
     decay_fraction: float = 0.25  # cosine decay over the last quarter; constant peak before
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
+    camera_term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # translation, quaternion, FoV
     depth_weight: float = 1.0
     points_weight: float = 1.0
     correspondence_weight: float = 1.0
@@ -58,7 +59,7 @@ class TrainConfig:
     pool_size: int = 192
     pool_frames: int = 32
     step_m: float = 0.12
-    turn_deg: float = 3.0
+    turn_deg: float | tuple[float, float] = 3.0  # per-frame turn of handheld paths; a range is drawn per scene
     seed: int = 1
     checkpoint_every: int = 250
     bf16: bool = True
@@ -169,7 +170,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 out_dict = model(batch.images, return_tokens=True)
                 pred_uv = aux(out_dict["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
             losses = {
-                "camera": camera_loss([p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc),
+                "camera": camera_loss(
+                    [p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc, weights=cfg.camera_term_weights
+                ),
                 "depth": confident_regression(
                     out_dict["depth"][..., 0], out_dict["depth_conf"], batch.depth, batch.valid
                 ),
