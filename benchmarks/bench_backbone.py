@@ -1,10 +1,11 @@
-"""The model forward, dense vs Spark3R, over S: time (with and without the DPT heads), the dense time split,
+"""The model forward, dense vs Spark3R, over S: time (with and without the dense heads), the dense time split,
 the ideal speedup from that split, and peak memory. Same process, same inputs, paper factors (§3.5).
 
-Model: the VGGT architecture at the official-fixture size (width 48, 4+4 blocks, 4 heads, 2-block encoder),
-fixture weights (random-valued; speed does not depend on them), 112x112 images (8x8 patches), float32.
+Model (`--model`): the VGGT, π³ or DA3 architecture at its official-fixture size (tests/fixtures/vggt_tiny, pi3_tiny,
+da3_tiny), fixture weights (random-valued; speed does not depend on them), 112x112 images (8x8 patches), float32.
+Results go to benchmarks/results/bench_backbone.md (vggt) or bench_backbone_<model>.md.
 
-    python -m benchmarks.bench_backbone [--frames 100 300 500 1000] [--threads 2] [--quick]
+    python -m benchmarks.bench_backbone [--model vggt|pi3|da3] [--frames 100 300 500 1000] [--threads 2] [--quick]
 """
 
 from __future__ import annotations
@@ -19,14 +20,70 @@ import torch
 
 from benchmarks.bench_attention import header, peak_rss_bytes, reset_peak_rss, table, write_results
 
-STAGES = {  # time split: module path -> stage (hooks time each module call)
-    "aggregator.patch_embed": "encoder",
-    "aggregator.frame_blocks": "frame blocks",
-    "aggregator.global_blocks": "global blocks",
-    "camera_head": "camera head",
-    "depth_head": "DPT heads",
-    "point_head": "DPT heads",
+FIXTURES_OF = {"vggt": "vggt_tiny", "pi3": "pi3_tiny", "da3": "da3_tiny"}  # --model -> fixture folder
+
+# Time split: stage -> module paths per family (hooks time each module call; a ModuleList means each element).
+# Global blocks come from the model's ReductionTargets; the per-view blocks between them are added in stage_modules().
+STAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "vggt": {
+        "encoder": ("aggregator.patch_embed",),
+        "frame blocks": ("aggregator.frame_blocks",),
+        "camera head": ("camera_head",),
+        "dense heads": ("depth_head", "point_head"),
+    },
+    "pi3": {
+        "encoder": ("encoder",),
+        "camera head": ("camera_decoder", "camera_head"),
+        "dense heads": ("point_decoder", "point_head", "conf_decoder", "conf_head"),
+    },
+    "da3": {
+        "encoder": ("backbone.pretrained.patch_embed",),
+        "camera head": ("cam_dec",),
+        "dense heads": ("head",),
+    },
 }
+DENSE_HEADS = {"vggt": "DPT heads", "pi3": "point/conf decoders + heads", "da3": "DualDPT head"}
+
+
+def stage_modules(model) -> dict[str, str]:
+    """Module path -> stage for `model` (built here: `model.family` and `model.config` set)."""
+    from spark3r_stream.models import reduction_targets_of
+
+    stages = {path: stage for stage, paths in STAGES[model.family].items() for path in paths}
+    global_blocks = [path.removesuffix(".attn") for path in reduction_targets_of(model).global_attention]
+    stages.update(dict.fromkeys(global_blocks, "global blocks"))
+    cfg = model.config
+    if model.family == "pi3":  # decoder: even blocks frame-wise, odd blocks global
+        stages.update({f"decoder.{i}": "frame blocks" for i in range(0, cfg.depth, 2)})
+    elif model.family == "da3":  # one ViT: blocks before alt_start are the per-view encoder, then frame/global
+        for i in range(cfg.depth):
+            path = f"backbone.pretrained.blocks.{i}"
+            if path not in stages:
+                stages[path] = "encoder" if i < cfg.alt_start else "frame blocks"
+    return stages
+
+
+def describe(model, size: int) -> str:
+    """One line on the benchmarked architecture, from its config."""
+    cfg = model.config
+    if model.family == "vggt":
+        text = (
+            f"VGGT architecture at the official-fixture size (width {cfg.embed_dim}, {cfg.depth}+{cfg.depth} blocks, "
+            f"{cfg.num_heads} heads, {cfg.encoder.depth}-block encoder, DPT features {cfg.dpt_features})"
+        )
+    elif model.family == "pi3":
+        text = (
+            f"π³ architecture at the official-fixture size (width {cfg.embed_dim}, {cfg.encoder_depth}-block encoder, "
+            f"{cfg.depth}-block decoder = {cfg.depth // 2} frame + {cfg.depth // 2} global, {cfg.num_heads} heads, "
+            f"{cfg.head_depth}-block point/conf/camera decoders of width {cfg.head_embed_dim})"
+        )
+    else:
+        text = (
+            f"DA3 architecture at the official-fixture size (width {cfg.embed_dim}, {cfg.depth} blocks, "
+            f'{cfg.num_heads} heads, frame-wise up to block {cfg.alt_start - 1} ("encoder"), global blocks '
+            f"{', '.join(map(str, cfg.global_layers))}, DualDPT features {cfg.head_features})"
+        )
+    return f"{text}, {size}×{size} images, batch 1"
 
 
 class StageClock:
@@ -35,7 +92,7 @@ class StageClock:
     def __init__(self, model, global_attention: list) -> None:
         self.totals: dict[str, float] = defaultdict(float)
         self._start: dict[int, float] = {}
-        for path, stage in STAGES.items():
+        for path, stage in stage_modules(model).items():
             module = model.get_submodule(path)
             for target in module if isinstance(module, torch.nn.ModuleList) else [module]:
                 self._hook(target, stage)
@@ -72,36 +129,40 @@ class TimedDenseReducer:
         return attn.project_out(o)
 
 
-def build_bench_model():
+def build_bench_model(family: str = "vggt"):
+    """The `family` architecture at its official-fixture size with the fixture's weights."""
     from spark3r_stream.models import load_weights, model_from_official_config
     from tests.conftest import FIXTURES
 
-    cfg = json.loads((FIXTURES / "vggt_tiny" / "config.json").read_text())["config"]
-    model = model_from_official_config("vggt", cfg)
-    load_weights(model, FIXTURES / "vggt_tiny" / "weights.safetensors")
+    folder = FIXTURES / FIXTURES_OF[family]
+    cfg = json.loads((folder / "config.json").read_text())
+    model = model_from_official_config(family, cfg["config"] if family == "vggt" else cfg)
+    load_weights(model, folder / "weights.safetensors")
     return model
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="bench_backbone", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(FIXTURES_OF), default="vggt", help="architecture (fixture size)")
     parser.add_argument("--frames", type=int, nargs="+", default=[100, 300, 500, 1000])
     parser.add_argument("--size", type=int, default=112, help="square image side (multiple of 14)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="Spark3R repeats (dense: 2, or 1 above 400 frames)")
     parser.add_argument("--autocast", choices=["none", "bf16"], default="none", help="caller-side CPU autocast")
-    parser.add_argument("--name", default="bench_backbone", help="result file stem")
+    parser.add_argument("--name", help="result file stem (default bench_backbone, or bench_backbone_<model>)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny S, one repeat, no result files")
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = [4, 24], 1
+    name = args.name or ("bench_backbone" if args.model == "vggt" else f"bench_backbone_{args.model}")
 
     from spark3r_stream.models import reduction_targets_of
     from spark3r_stream.spark3r import accelerate, disable
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_bench_model()
+    model = build_bench_model(args.model)
     targets = reduction_targets_of(model)
     global_attention = [model.get_submodule(path) for path in targets.global_attention]
     clock = StageClock(model, global_attention)
@@ -141,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         dense = sorted(dense_runs, key=lambda r: r[0])[len(dense_runs) // 2]
         spark = sorted(spark_runs, key=lambda r: r[0])[len(spark_runs) // 2]
         d_split, s_split = dense[1], spark[1]
-        d_heads, s_heads = d_split.get("DPT heads", 0.0), s_split.get("DPT heads", 0.0)
+        d_heads, s_heads = d_split.get("dense heads", 0.0), s_split.get("dense heads", 0.0)
         core = d_split["attention core"]
         fraction = plan["attention_flop_fraction"]
         ideal_no_heads = (dense[0] - d_heads) / (dense[0] - d_heads - core + core * fraction)
@@ -178,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         row["achieved_pct"] = 100 * row["speedup"] / row["ideal"]
         rows.append(row)
         print(json.dumps(row), flush=True)
+    heads = DENSE_HEADS[args.model]
     speed = [
         ("frames", "S"),
         ("r_q", "r_Q"),
@@ -199,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         ("d_attn_rest", "global attn qkv/proj/norm/RoPE"),
         ("d_global_rest", "global blocks rest (MLP, norms)"),
         ("d_camera", "camera head"),
-        ("d_dpt", "DPT heads"),
+        ("d_dpt", heads),
     ]
     spark_split = [
         ("frames", "S"),
@@ -208,20 +270,22 @@ def main(argv: list[str] | None = None) -> int:
         ("s_attn", "global attention (all of Spark3R)"),
         ("s_global_rest", "global blocks rest (MLP, norms)"),
         ("s_camera", "camera head"),
-        ("s_dpt", "DPT heads"),
+        ("s_dpt", heads),
     ]
     memory = [("frames", "S"), ("dense_peak_mib", "dense peak (MiB)"), ("spark3r_peak_mib", "Spark3R peak (MiB)")]
     markdown = (
-        f"VGGT architecture at the official-fixture size (width 48, 4+4 blocks, 4 heads, 2-block encoder, DPT "
-        f"features 16), {args.size}×{args.size} images, batch 1, float32"
+        describe(model, args.size)
+        + ", float32"
         + (" under caller-side bf16 CPU autocast (heads stay float32)" if args.autocast == "bf16" else "")
-        + f", {args.threads} threads; paper factors (Eqs. 4–5, l = 3, sensitive layers mapped from VGGT 11–16).\n"
-        '"without heads" = encoder + aggregator + camera head = the forward minus the DPT heads\' time measured '
-        "inside the same forward (hooks); e2e includes them. Ideal = dense ÷ (dense − core + core × the plan's "
+        + f", {args.threads} threads; paper factors (Eqs. 4–5, l = 3; sensitive global layers "
+        f"{list(targets.sensitive_layers)} of {len(global_attention)}, the paper's mapped by relative depth).\n"
+        f'"without heads" = the forward minus the dense heads\' ({heads}) time measured inside the same forward '
+        "(hooks); it includes encoder, frame/global blocks and camera head; e2e includes the dense heads too. "
+        "Ideal = dense ÷ (dense − core + core × the plan's "
         "attention-core FLOP fraction), from the same run's split. Dense and Spark3R runs are interleaved; "
         "dense median of 2 (1 above 400 frames), Spark3R median of "
         f"{args.repeats}; warm-up first. Peak memory = process high-water mark over the forward minus the RSS "
-        "before it.\n\n## Speed (without DPT heads unless marked e2e)\n\n"
+        f"before it.\n\n## Speed (without {heads} unless marked e2e)\n\n"
         + table(rows, speed)
         + "\n## Dense time split (s)\n\n"
         + table(rows, split)
@@ -231,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         + table(rows, memory)
     )
     if not args.quick:
-        write_results(args.name, header(args.name, argv), markdown, {"rows": rows})
+        head = {**header("bench_backbone", argv), "bench": name}  # the command names the script, the title the file
+        write_results(name, head, markdown, {"model": args.model, "rows": rows})
     print(markdown)
     return 0
 

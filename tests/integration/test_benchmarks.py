@@ -1,0 +1,44 @@
+"""CI smoke runs of the benchmarks (`--quick`: tiny S, one repeat, no result files, no speed assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_backbone
+from benchmarks.bench_attention import RESULTS
+
+pytestmark = pytest.mark.integration
+
+QUICK_FRAMES = [4, 24]  # what --quick runs
+STAGE_KEYS = ("d_encoder", "d_frame", "d_core", "d_camera", "d_dpt", "s_encoder", "s_frame", "s_attn", "s_dpt")
+
+
+@pytest.mark.parametrize("model", sorted(bench_backbone.FIXTURES_OF))
+def test_bench_backbone_quick_times_every_stage(model, capsys):
+    before = sorted(RESULTS.iterdir())
+    assert bench_backbone.main(["--model", model, "--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [row["frames"] for row in rows] == QUICK_FRAMES
+    for row in rows:
+        for key in STAGE_KEYS:  # a stage whose hooks matched no module would read 0
+            assert row[key] > 0, (model, row["frames"], key)
+        dense_split = sum(row[k] for k in ("d_encoder", "d_frame", "d_core", "d_attn_rest", "d_global_rest"))
+        assert dense_split + row["d_camera"] <= row["dense_s"] + row["d_dpt"]  # the split is inside the forward
+    assert f"Speed (without {bench_backbone.DENSE_HEADS[model]} unless marked e2e)" in out
+    assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
+
+
+def test_stage_modules_cover_every_block_once():
+    for family in bench_backbone.FIXTURES_OF:
+        model = bench_backbone.build_bench_model(family)
+        stages = bench_backbone.stage_modules(model)
+        for path in stages:
+            model.get_submodule(path)  # raises on a wrong path
+        blocks = {"vggt": None, "pi3": "decoder.", "da3": "backbone.pretrained.blocks."}[family]
+        if blocks is not None:
+            depth = model.config.depth
+            assert sorted(p for p in stages if p.startswith(blocks)) == sorted(f"{blocks}{i}" for i in range(depth))
+        assert set(stages.values()) == {"encoder", "frame blocks", "global blocks", "camera head", "dense heads"}
