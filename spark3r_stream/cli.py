@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="smoke test only: run with untrained weights")
     p.add_argument("--spark3r", action=argparse.BooleanOptionalAction, default=True, help="Spark3R token reduction")
     p.add_argument("--spark3r-config", help="Spark3R preset YAML (configs/spark3r/*.yaml)")
-    p.add_argument("--mode", default="crop", choices=["crop", "pad"], help="official preprocessing mode")
+    p.add_argument("--mode", default="crop", choices=["crop", "pad"], help="VGGT preprocessing mode (π³/DA3: one each)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     p.add_argument("--no-rrd", action="store_true", help="do not write recording.rrd")
     p.add_argument("--out", required=True)

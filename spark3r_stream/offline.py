@@ -14,7 +14,7 @@ import torch
 
 from spark3r_stream.errors import CheckpointError
 from spark3r_stream.models import Prediction, build_model, predict
-from spark3r_stream.models.preprocess import list_images, load_and_preprocess_images
+from spark3r_stream.models.preprocess import list_images, load_and_preprocess
 from spark3r_stream.models.registry import get_preset
 from spark3r_stream.report import RunReport, Stopwatch
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
@@ -117,9 +117,9 @@ def run_inference(inputs: Sequence[str], out_dir: Path, options: InferOptions) -
     try:
         paths = list_images(inputs)
         device = resolve_device(options.device)
-        target = get_preset(options.model).input_size
-        with watch("load_images"):
-            images = load_and_preprocess_images(paths, mode=options.mode, target_size=target)
+        preset = get_preset(options.model)
+        with watch("load_images"):  # the family's official preprocessing
+            images = load_and_preprocess(preset.family, paths, mode=options.mode, target_size=preset.input_size)
         with watch("load_model"):
             model = load_model(options, device)
         log.info("%d images %s -> %s on %s", len(paths), tuple(images.shape[-2:]), options.model, device)

@@ -1,16 +1,22 @@
-"""The official preprocessing: images -> [N, 3, H, W] float in [0, 1] at the network's input size.
+"""The official preprocessing of each family: images -> [N, 3, H, W] float in [0, 1] at the network's input size.
 
-`load_and_preprocess_images` matches facebookresearch/vggt@44b3afb vggt/utils/load_fn.py (reference_vggt.md §3.2):
-PIL bicubic resize to width 518 (crop) or long side 518 (pad), sides rounded to multiples of 14, centre crop / white pad.
+`load_and_preprocess(family, images)` picks the family's. VGGT (`load_and_preprocess_images`):
+facebookresearch/vggt@44b3afb vggt/utils/load_fn.py (reference_vggt.md §3.2), PIL bicubic resize to width 518 (crop)
+or long side 518 (pad), sides rounded to multiples of 14, centre crop / white pad. π³: yyfz/Pi3 pi3/utils/basic.py
+`load_images_as_tensor` (reference_pi3.md §3.1). DA3: ByteDance-Seed/Depth-Anything-3@2c21ea8
+utils/io/input_processor.py, `upper_bound_resize` at process_res 504 (reference_da3.md §7.1); ImageNet normalisation
+happens inside our models for every family.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +31,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image; RGBA is composited onto white as the official loader does."""
+    """An RGB PIL image; RGBA is composited onto white as the official VGGT loader does."""
+    return _to_rgb(_read_image(path))
+
+
+def _read_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         raise InputError(
@@ -39,7 +49,7 @@ def open_image(path: str | Path) -> Image.Image:
         img.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"image {path}: cannot be read as an image ({exc})") from exc
-    return _to_rgb(img)
+    return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -110,6 +120,135 @@ def load_and_preprocess_images(
             img = open_image(item)
         tensors.append(preprocess_image(img, mode, target_size, patch_size))
     return stack_padded(tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# π³ and DA3
+
+PI3_PIXEL_LIMIT = 255_000  # `load_images_as_tensor(PIXEL_LIMIT=255000)`
+DA3_PROCESS_RES = 504  # `DepthAnything3.inference(process_res=504)`
+
+
+def _pil_rgb(item: str | Path | Image.Image | np.ndarray) -> Image.Image:
+    """π³ and DA3 load with a plain `.convert("RGB")` (alpha dropped, not composited)."""
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item).convert("RGB")
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    return _read_image(item).convert("RGB")
+
+
+def _to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def pi3_target_size(
+    width: int, height: int, pixel_limit: int = PI3_PIXEL_LIMIT, patch_size: int = 14
+) -> tuple[int, int]:
+    """π³'s input (width, height) for a width x height first frame: multiples of 14 near its aspect ratio whose
+    area stays within the pixel budget (1920x1080 -> 672x378, 640x480 -> 574x434)."""
+    scale = math.sqrt(pixel_limit / (width * height))
+    target_w, target_h = width * scale, height * scale
+    k, m = round(target_w / patch_size), round(target_h / patch_size)  # Python round (half to even), as official
+    while (k * patch_size) * (m * patch_size) > pixel_limit:
+        if k / m > target_w / target_h:
+            k -= 1
+        else:
+            m -= 1
+    return max(1, k) * patch_size, max(1, m) * patch_size
+
+
+def load_and_preprocess_images_pi3(
+    images: Sequence[str | Path | Image.Image | np.ndarray], pixel_limit: int = PI3_PIXEL_LIMIT
+) -> torch.Tensor:
+    """π³: every frame resized (PIL Lanczos, no crop, no pad) to `pi3_target_size` of the first -> [N, 3, H, W]."""
+    if len(images) == 0:
+        raise InputError("images: none given")
+    frames = [_pil_rgb(item) for item in images]
+    size = pi3_target_size(*frames[0].size, pixel_limit=pixel_limit)
+    return torch.stack([_to_tensor(frame.resize(size, Image.Resampling.LANCZOS)) for frame in frames])
+
+
+def _da3_bound_size(width: int, height: int, process_res: int) -> tuple[int, int]:
+    longest = max(width, height)
+    if longest == process_res:
+        return width, height
+    scale = process_res / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _nearest_multiple(x: int, patch_size: int) -> int:
+    down = x // patch_size * patch_size
+    return down + patch_size if down + patch_size - x <= x - down else down  # ties go up
+
+
+def da3_target_size(
+    width: int, height: int, process_res: int = DA3_PROCESS_RES, patch_size: int = 14
+) -> tuple[int, int]:
+    """DA3's input (width, height) for one image: long side to `process_res` (sides rounded), then each side to the
+    nearest multiple of 14, ties up (1920x1080 -> 504x284 -> 504x280, 640x480 -> 504x378)."""
+    w, h = _da3_bound_size(width, height, process_res)
+    return max(1, _nearest_multiple(w, patch_size)), max(1, _nearest_multiple(h, patch_size))
+
+
+def preprocess_image_da3(img: Image.Image, process_res: int = DA3_PROCESS_RES, patch_size: int = 14) -> torch.Tensor:
+    """One RGB PIL image -> [3, H, W] in [0, 1]: OpenCV cubic when enlarging, area when shrinking, for both resizes."""
+    width, height = img.size
+    array = np.asarray(img)
+    bound = _da3_bound_size(width, height, process_res)
+    if bound != (width, height):
+        enlarge = process_res > max(width, height)
+        array = cv2.resize(array, bound, interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA)
+    target = da3_target_size(width, height, process_res, patch_size)
+    if target != bound:
+        enlarge = target[0] > bound[0] or target[1] > bound[1]
+        array = cv2.resize(array, target, interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA)
+    return _to_tensor(array)
+
+
+def load_and_preprocess_images_da3(
+    images: Sequence[str | Path | Image.Image | np.ndarray], process_res: int = DA3_PROCESS_RES, patch_size: int = 14
+) -> torch.Tensor:
+    """DA3 -> [N, 3, H, W]; frames of different sizes are centre-cropped to the smallest height and width."""
+    if len(images) == 0:
+        raise InputError("images: none given")
+    tensors = [preprocess_image_da3(_pil_rgb(item), process_res, patch_size) for item in images]
+    height = min(t.shape[1] for t in tensors)
+    width = min(t.shape[2] for t in tensors)
+    if any(t.shape[1:] != (height, width) for t in tensors):
+        log.warning("images have different sizes after preprocessing; centre-cropping all to %dx%d", height, width)
+    # torchvision CenterCrop, as official: offsets round((size - crop) / 2)
+    return torch.stack(
+        [
+            t[:, round((t.shape[1] - height) / 2) :][:, :height, round((t.shape[2] - width) / 2) :][:, :, :width]
+            for t in tensors
+        ]
+    )
+
+
+def load_and_preprocess(
+    family: str,
+    images: Sequence[str | Path | Image.Image | np.ndarray],
+    *,
+    mode: Literal["crop", "pad"] = "crop",
+    target_size: int | None = None,
+) -> torch.Tensor:
+    """The official preprocessing of model `family` ("vggt", "pi3", "da3") -> [N, 3, H, W] float32 in [0, 1].
+
+    Args:
+        mode: VGGT's crop or pad; π³ and DA3 have one official preprocessing each (only "crop", the default, passes).
+        target_size: VGGT's width / long side (default 518), DA3's process_res (default 504); not used by π³, which
+            sizes by its pixel budget (255,000), so a preset's `input_size` can be passed for every family.
+    """
+    if family == "vggt":
+        return load_and_preprocess_images(images, mode, 518 if target_size is None else target_size)
+    if family not in ("pi3", "da3"):
+        raise InputError(f"preprocessing for family {family!r}: unknown; expected vggt, pi3 or da3")
+    if mode != "crop":
+        raise InputError(f"preprocessing mode {mode!r}: only VGGT has modes; {family} has one official preprocessing")
+    if family == "pi3":
+        return load_and_preprocess_images_pi3(images)
+    return load_and_preprocess_images_da3(images, DA3_PROCESS_RES if target_size is None else target_size)
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:

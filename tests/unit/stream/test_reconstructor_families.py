@@ -1,6 +1,7 @@
-"""WindowReconstructor with the π³ and DA3 backbones (fixture configs, random-valued weights): one growing window each.
+"""WindowReconstructor with the π³ and DA3 backbones (fixture configs, random-valued weights): one growing window each;
+their launch files (launch/replay_tum_pi3.yaml, _da3.yaml) name the family and its official input size.
 
-Shapes, finiteness and conventions only; quality needs official weights (launch/replay_tum_pi3.yaml, _da3.yaml).
+Shapes, finiteness and conventions only; quality needs the official weights.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import json
 import numpy as np
 import pytest
 
+from spark3r_stream.config import from_dict
+from spark3r_stream.launcher import load_launch_file, resolve
 from spark3r_stream.models import load_weights, model_from_official_config, reduction_targets_of
+from spark3r_stream.models.preprocess import da3_target_size, pi3_target_size
+from spark3r_stream.models.registry import get_preset
 from spark3r_stream.spark3r import accelerate
+from spark3r_stream.stream.keyframes import KeyframeSelectorConfig
 from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
 from tests.conftest import fixture_path
 
@@ -53,3 +59,22 @@ def test_one_growing_window_runs(family):
     assert [layer["path"] for layer in out.plan["layers"]] == list(reduction_targets_of(model).global_attention)
     assert any(layer["num_keys"] < layer["num_tokens"] for layer in out.plan["layers"])  # Spark3R pruned K/V
     assert reconstructor.stats == {"encoder_cache_hits": 0, "encoder_cache_misses": 0}  # cache: VGGT only
+
+
+TUM_WH = (640, 480)  # TUM RGB-D / 7-Scenes frames
+LAUNCH_FILES = {"replay_tum_pi3": "pi3", "replay_tum_da3": "da3"}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH_FILES))
+def test_launch_file_feeds_keyframes_at_the_official_input_size(name, tmp_path):
+    spec, source = load_launch_file(name, ["capture.path=/data/seq", "reconstruction.weights=/data/model.safetensors"])
+    params = {node.kind: node.config["params"] for node in resolve(spec, source, tmp_path, "t")}
+    config = from_dict(ReconstructionConfig, params["reconstruction"])
+    preset = get_preset(config.model)
+    assert preset.family == LAUNCH_FILES[name] and config.weights == "/data/model.safetensors" and config.spark3r
+    selector = from_dict(KeyframeSelectorConfig, params["keyframes"]["selector"])
+    if preset.family == "pi3":
+        width, height = pi3_target_size(*TUM_WH)
+    else:
+        width, height = da3_target_size(*TUM_WH, process_res=preset.input_size)
+    assert tuple(selector.model_hw) == (height, width)
