@@ -34,6 +34,27 @@ SHARED_TENSOR_ALIASES: dict[str, str] = {
 }
 
 
+# Why `infer_gs=True` raises: reference_da3.md §6 names the Gaussian head's parts but not the maths parity needs, and
+# the da3_tiny_giant fixture stores only the five final tensors (case s1small_gs: means, scales, rotations, harmonics,
+# opacities; no tap of the raw 38-channel map), so the head and the adapter cannot be checked apart. Unspecified:
+#   1. GSDPT: where the images merger's output (F/2 channels) is added (after output_conv1 and the upsampling to H x W?
+#      before or after the UV embedding?), its convs' stride/padding (not in the state dict), and its input
+#      (normalised or [0, 1] images);
+#   2. the order of the 37 raw channels (xy offset 2, depth offset 1, scales 3, quaternion 4, SH 27 as [3, 9] or
+#      [9, 3]) and which channel is the opacity logit;
+#   3. GaussianAdapter: the scale activation into [1e-5, 30] (sigmoid range? softplus? times depth / focal?), the xy
+#      offset's activation and unit, the depth offset (additive? on exp-depth?), which depth and pixel centres the means
+#      unproject, the quaternion normalisation and its composition with the camera-to-world rotation (wxyz);
+#   4. the SH rotation: e3nn's real-basis order and Euler convention (`matrix_to_angles`, `wigner_D`), the change of
+#      basis between e3nn's axes and OpenCV camera axes, and what `pred_color=False` means for the DC term;
+#   5. the flattening order of the S x H x W Gaussians (2352 = 42 x 56 for one view).
+GAUSSIAN_HEAD_UNSPECIFIED = (
+    "DA3 infer_gs: the Gaussian head (gs_head + GaussianAdapter) forward is not implemented: reference_da3.md §6 does "
+    "not pin the images-merger placement, the 37-channel layout, the adapter's activations or the e3nn SH rotation, "
+    "and the fixture stores only the final Gaussians (details: spark3r_stream/models/da3.py above DA3Config)"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DA3Config:
     img_size: int = 518
@@ -52,7 +73,7 @@ class DA3Config:
     head_out_channels: tuple[int, int, int, int] = (48, 96, 192, 384)
     cam_enc_num_heads: int = 16
     cam_enc_depth: int = 4
-    enable_gs_head: bool = False  # giant only: module tree for strict loading; its forward is not implemented
+    enable_gs_head: bool = False  # giant only: module tree for strict loading; forward unspecified, see above
     gs_output_dim: int = 38
     ref_view_strategy: RefViewStrategy = "saddle_balanced"
 
@@ -230,7 +251,8 @@ class DepthAnything3(nn.Module):
             ref_view_strategy: default `config.ref_view_strategy`.
             images_normalized: the images are already ImageNet-normalised (what the official net consumes).
             dense_frames: views whose depth is decoded (default all; returned as `dense_frames`); cameras: all views.
-            infer_gs: also predict 3-D Gaussians (giant's `gs_head`; not implemented, raises).
+            infer_gs: also predict 3-D Gaussians (giant's `gs_head`): raises NotImplementedError, see
+                GAUSSIAN_HEAD_UNSPECIFIED.
             return_intermediates: add `ray`, `ray_conf`, `pose_enc`, `ref_view_index`, `backbone_features`.
 
         Returns:
@@ -242,6 +264,8 @@ class DepthAnything3(nn.Module):
         H, W = images.shape[-2:]
         if infer_gs and self.gs_head is None:
             raise ValueError("DA3 infer_gs: this configuration has no Gaussian head (only da3-giant has one)")
+        if infer_gs:  # before the backbone: fail at once, not after a forward pass
+            raise NotImplementedError(GAUSSIAN_HEAD_UNSPECIFIED)
         if not images_normalized:
             images = (images - self._image_mean) / self._image_std
         cam_tokens = None
@@ -259,8 +283,6 @@ class DepthAnything3(nn.Module):
             dense = self.head(features, (H, W))
             pose_enc = self.cam_dec(backbone.taps[-1][1].float())
             cam_from_world, intrinsics_out = da3_pose_encoding_to_extri_intri(pose_enc, (H, W))
-        if infer_gs:
-            self.gs_head([f for f, _ in backbone.taps], (H, W), patch_start_idx=0)  # raises NotImplementedError
         out = {
             "depth": dense["depth"],
             "depth_conf": dense["depth_conf"],
