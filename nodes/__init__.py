@@ -41,7 +41,7 @@ NODES = ("capture", "keyframes", "reconstruction", "fusion")
 FRAME_LOG = "frames.csv"  # written by the keyframes node, read by fusion: every frame, its keyframe id and GT
 FRAME_LOG_HEADER = "frame_seq,t_capture,keyframe_id," + ",".join(f"gt{r}{c}" for r in range(3) for c in range(4))
 DRAIN_TIMEOUT_S = 3600.0  # normal end: wait at most this long for receivers to take the rest of the stream
-LINGER_STOP_MS = 500  # after SIGINT/SIGTERM: the consumers are stopping too
+LINGER_STOP_MS = 500  # after SIGINT/SIGTERM (or an error): the consumers are stopping too
 log = logging.getLogger("nodes")
 
 
@@ -151,52 +151,22 @@ def read_frame_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
 
 @contextmanager
 def node_loop(ctx: NodeContext, report: Any) -> Iterator[Any]:
-    """The node's NodeLoop, closed so that the end of a lossless stream is never lost.
+    """The node's NodeLoop: endpoints from the config, the node report, and a signal that came in during start-up.
 
-    Adapter for a transport gap (reported): libzmq drops messages still queued on a PUSH socket that closes while
-    its receiver's queue is at the HWM, whatever the linger (seen here: 8 of 41 messages arrived). So after a normal
-    end each lossless output stays open until its receiver has disconnected (it has then read everything), waking
-    every poll for signals; after SIGINT/SIGTERM closing waits only LINGER_STOP_MS.
+    A normal end waits (up to DRAIN_TIMEOUT_S) until the receivers of the lossless outputs have taken everything
+    (NodeLoop's close); after SIGINT/SIGTERM closing waits at most LINGER_STOP_MS.
     """
     from spark3r_stream.transport import NodeLoop
 
-    with NodeLoop(ctx.name, ctx.endpoints, report=report) as loop:
+    with NodeLoop(
+        ctx.name, ctx.endpoints, report=report, linger_ms=LINGER_STOP_MS, drain_timeout_s=DRAIN_TIMEOUT_S
+    ) as loop:
         if _early_signal:
             loop.stop(_early_signal[0])
-        outputs = [out for out in loop._outputs.values() if out.endpoint.kind == "lossless"]
-        monitors = [out.socket.get_monitor_socket() for out in outputs]
         try:
             yield loop
         finally:
             report.set("max_rss_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-            if loop.is_finished and not loop.is_stopping:
-                _wait_for_receivers(loop, monitors)
-            else:
-                loop.linger_ms = LINGER_STOP_MS
-            for out, monitor in zip(outputs, monitors, strict=True):
-                out.socket.disable_monitor()
-                monitor.close(linger=0)
-
-
-def _wait_for_receivers(loop: Any, monitors: list[Any]) -> None:
-    import zmq
-    from zmq.utils.monitor import recv_monitor_message
-
-    peers = [0] * len(monitors)
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    pending = set(range(len(monitors)))
-    while pending and not loop.is_stopping and time.monotonic() < deadline:
-        for i in list(pending):
-            while monitors[i].poll(0):
-                event = recv_monitor_message(monitors[i])["event"]
-                peers[i] += event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED)
-                peers[i] -= event == zmq.EVENT_DISCONNECTED
-                if event == zmq.EVENT_DISCONNECTED and peers[i] <= 0:
-                    pending.discard(i)
-        if pending:
-            loop.poll_once(loop.poll_ms)  # serves signals (and anything still arriving) while waiting
-    if pending:
-        log.warning("%s: receivers still connected after the end of stream; closing", loop.name)
 
 
 class StageTimer:

@@ -34,9 +34,7 @@ def body(ctx: NodeContext) -> int:
 
         def on_request(request: WindowRequest) -> WindowResult | None:
             # after a restart (respawn) keyframes sent before it are gone: run on what is stored, count the rest
-            if loop.is_stopping:  # stopping: do not start another model run (seconds) on queued requests
-                loop.counters["dropped.stopping"] += 1
-                return None
+            # (once stopping, NodeLoop hands out no further request: no model run starts on a queued one)
             ids = tuple(k for k in request.keyframe_ids if k in reconstructor.images)
             if len(ids) < len(request.keyframe_ids):
                 loop.counters["dropped.missing_keyframes"] += len(request.keyframe_ids) - len(ids)

@@ -27,6 +27,18 @@ its result (e.g. the fusion node's full map as `MapUpdate(is_snapshot=True)`). Z
 sent after the subscription arrived reaches that subscriber, so no sleep or handshake is needed; existing
 subscribers receive the snapshot too, which is harmless because map updates carry absolute poses.
 
+Closing a lossless output: libzmq can drop messages still queued on a PUSH socket when it closes while the
+receiver's queue is full, whatever the linger (seen here: 8 of 41 messages arrived; the engine's unsent bytes die
+with the socket). So on a normal exit (no exception, no stop) every lossless output whose stream has ended
+(`run()` returned, or `end_stream()`) stays open until its receivers have disconnected, watched through a socket
+monitor. A receiver closes an input as soon as every upstream has ended it, so the sender is released when the
+end-of-stream has been handled, not when the receiving process exits. After a stop or an exception closing waits
+at most `linger_ms`.
+
+Sequence numbers are consecutive per output: a heartbeat never goes out on an output whose data message is
+waiting for the receiver (that message was encoded with the next seq), so a seq gap on a point-to-point edge is a
+real loss, and only then warned about.
+
 Zero-copy: arrays are sent with `copy=False`; never mutate an array after sending it (see codec.py).
 """
 
@@ -42,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from spark3r_stream.errors import ConfigError, DecodeError, Spark3RError
 from spark3r_stream.transport.codec import decode, encode
@@ -52,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # messages taken from one socket per poll, so other sockets and signals are served too
 WARN_SUMMARY_S = 10.0  # repeated drops: first one logged as a warning, then a summary at most this often
+PEER_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED  # what a lossless output watches
 
 
 @dataclass
@@ -71,6 +85,7 @@ class _Input:
     socket: zmq.Socket
     upstreams: dict[str, _Upstream] = field(default_factory=dict)
     ended_by: set[str] = field(default_factory=set)
+    is_closed: bool = False  # closed once every upstream ended it (releases the senders' close)
 
     @property
     def ended(self) -> bool:
@@ -85,6 +100,10 @@ class _Output:
     num_sent: int = 0  # data messages
     eos_sent: bool = False
     subscribers: int = 0
+    is_sending: bool = False  # a data message waits for the receiver; heartbeats skip this output (seq order)
+    monitor: zmq.Socket | None = None  # lossless: connection events, so that a normal close waits for receivers
+    peers: int = 0  # connections open now (from the monitor)
+    was_connected: bool = False
 
 
 class NodeLoop:
@@ -95,8 +114,12 @@ class NodeLoop:
     messages); it is sent on the outputs that carry its topic. Counters (`loop.counters`, `loop.report()`):
     `recv.<topic>`, `sent.<topic>`, `dropped.<reason>` (bad messages, by DecodeError reason), `dropped.stale`
     (latest-wins), `dropped.unsent` (not sent: no peer on a latest edge, a full fanout subscriber, or shutdown
-    while blocked),
-    `lost.<edge>` (lossless messages that never arrived, known at end-of-stream), `send_waits.<edge>`.
+    while blocked), `dropped.stopping` (received but not handled because the loop was stopping),
+    `lost.<edge>` (lossless messages that never arrived, known at end-of-stream), `gaps.<edge>` (seq gaps: messages
+    missing on the way), `send_waits.<edge>`, `drain_timeout.<edge>` (a normal close gave up waiting for receivers).
+
+    `linger_ms`: how long closing waits for queued messages after a stop or an exception; `drain_timeout_s`: how
+    long a normal close waits for the receivers of ended lossless outputs (see the module docstring).
     """
 
     def __init__(
@@ -108,6 +131,7 @@ class NodeLoop:
         heartbeat_s: float = 1.0,
         log_every_s: float = 10.0,
         linger_ms: int = 1000,
+        drain_timeout_s: float = 3600.0,
         handle_signals: bool = True,
         context: zmq.Context | None = None,
         report: Any = None,
@@ -118,6 +142,7 @@ class NodeLoop:
         self.heartbeat_s = heartbeat_s
         self.log_every_s = log_every_s
         self.linger_ms = linger_ms
+        self.drain_timeout_s = drain_timeout_s
         self.handle_signals = handle_signals
         self.counters: Counter[str] = Counter()
         self.peers: dict[str, dict[str, Any]] = {}  # node -> last heartbeat {"t_received", "counters"}
@@ -163,16 +188,64 @@ class NodeLoop:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        for signum, handler in self._old_signals.items():
-            signal.signal(signum, handler)
-        self._old_signals.clear()
-        if self._report is not None:
-            self._write_report(exc)
-        self._close()
+        try:
+            if exc is None and not self._stop:
+                self._drain()
+        finally:
+            for signum, handler in self._old_signals.items():
+                signal.signal(signum, handler)
+            self._old_signals.clear()
+            if self._report is not None:
+                self._write_report(exc)
+            self._close()
+
+    def _drain(self) -> None:
+        """Normal exit: keep every ended lossless output open until its receivers have disconnected (they have then
+        read everything), waking every poll_ms for signals; give up after drain_timeout_s."""
+        pending = [out for out in self._outputs.values() if out.monitor is not None and out.eos_sent]
+        poller = zmq.Poller()
+        for out in pending:
+            poller.register(out.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + self.drain_timeout_s
+        while True:
+            for out in pending:
+                self._read_monitor(out)
+            pending = [out for out in pending if out.peers > 0 or not out.was_connected]
+            if not pending or self._stop or time.monotonic() >= deadline:
+                break
+            poller.poll(self.poll_ms)
+        for out in [] if self._stop else pending:
+            self.counters[f"drain_timeout.{out.endpoint.edge}"] += 1
+            state = "still connected" if out.was_connected else "never connected"
+            log.warning(
+                "%s: receiver of %r %s %.0f s after the end of stream; closing",
+                self.name,
+                out.endpoint.edge,
+                state,
+                self.drain_timeout_s,
+            )
+
+    def _read_monitor(self, out: _Output) -> None:
+        assert out.monitor is not None
+        while True:
+            try:
+                event = recv_monitor_message(out.monitor, flags=zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                out.peers += 1
+                out.was_connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                out.peers = max(out.peers - 1, 0)
 
     def _close(self) -> None:
         if self._context is None:
             return
+        for out in self._outputs.values():
+            if out.monitor is not None:
+                out.socket.disable_monitor()
+                out.monitor.close(linger=0)
+                out.monitor = None
         if self._own_context:
             self._context.destroy(linger=self.linger_ms)
         else:
@@ -212,12 +285,17 @@ class NodeLoop:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         if ep.curve is not None:
             self._apply_curve(sock, ep)
+        # attached before bind/connect, so that no connection event is missed
+        monitor = sock.get_monitor_socket(PEER_EVENTS) if ep.direction == "out" and ep.kind == "lossless" else None
         try:
             if ep.bind:
                 sock.bind(ep.address)
             else:
                 sock.connect(ep.address)
         except zmq.ZMQError as exc:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
             sock.close(linger=0)
             verb = "bind" if ep.bind else "connect"
             raise ConfigError(f"node {self.name!r} cannot {verb} {ep.address} (edge {ep.edge!r}): {exc}") from None
@@ -226,7 +304,7 @@ class NodeLoop:
             self._inputs[ep.edge] = _Input(ep, sock)
             self._poller.register(sock, zmq.POLLIN)
         else:
-            self._outputs[ep.edge] = _Output(ep, sock)
+            self._outputs[ep.edge] = _Output(ep, sock, monitor=monitor)
             for topic in ep.topics:
                 if topic not in MESSAGE_TYPES:
                     raise ConfigError(f"endpoint {ep.edge!r}: topic {topic!r} is not one of {sorted(MESSAGE_TYPES)}")
@@ -303,7 +381,11 @@ class NodeLoop:
         is_data = topic not in ("heartbeat", "end_of_stream")
         if block is None:
             block = kind == "lossless"
-        sent = self._send_frames(out, frames, block=block, track=track)
+        out.is_sending = True
+        try:
+            sent = self._send_frames(out, frames, block=block, track=track)
+        finally:
+            out.is_sending = False
         if sent is False:
             if is_data:
                 self.counters["dropped.unsent"] += 1
@@ -393,6 +475,8 @@ class NodeLoop:
         latest = inp.endpoint.kind == "latest"
         batch: list[tuple[Any, dict[str, Any]]] = []
         for _ in range(MAX_BATCH):
+            if self._stop:  # stopping: leave the rest in the queue
+                break
             try:
                 frames = inp.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -406,6 +490,10 @@ class NodeLoop:
         handled = 0
         for i, (msg, header) in enumerate(batch):
             if self._finished:
+                break
+            if self._stop:  # stop() takes effect before the next message, even inside a batch
+                unserved = sum(not isinstance(m, CONTROL_TYPES) for m, _ in batch[i:])
+                self.counters["dropped.stopping"] += unserved
                 break
             stale = latest and i != newest and not isinstance(msg, CONTROL_TYPES)
             self._dispatch(inp, msg, header, stale=stale)
@@ -438,6 +526,8 @@ class NodeLoop:
             self.peers[msg.node] = {"t_received": time.time(), "counters": dict(msg.counters)}
         elif isinstance(msg, EndOfStream):
             self._upstream_ended(inp, src, up, msg)
+            if inp.ended:
+                self._close_input(inp)
         else:
             up.received += 1
         handler = self._handlers.get(topic)
@@ -488,6 +578,13 @@ class NodeLoop:
                 kind,
             )
 
+    def _close_input(self, inp: _Input) -> None:
+        """Every upstream has ended this input: close it now, so the senders' close sees the disconnect."""
+        self._poller.unregister(inp.socket)
+        del self._socket_role[inp.socket]
+        inp.socket.close(linger=0)
+        inp.is_closed = True
+
     def _finish(self) -> None:
         """Every input ended (or the source ran out): flush handlers, then end-of-stream downstream."""
         self._finished = True
@@ -520,7 +617,8 @@ class NodeLoop:
         self.counters[f"snapshots.{out.endpoint.edge}"] += 1
 
     def stop(self, reason: str = "stopped") -> None:
-        """Ask the loop to stop at the next poll (signal handlers call this)."""
+        """Ask the loop to stop before the next message (signal handlers call this); a running handler finishes,
+        messages already taken off a socket are not handled (`dropped.stopping`), the rest stay queued."""
         if not self._stop:
             log.info("%s: stopping (%s)", self.name, reason)
         self._stop = True
@@ -537,6 +635,9 @@ class NodeLoop:
     # ------------------------------------------------------------------ periodic work and reporting
     def _tick(self) -> None:
         now = time.monotonic()
+        for out in self._outputs.values():
+            if out.monitor is not None:
+                self._read_monitor(out)  # keeps the peer count current (and the monitor queue short)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.heartbeat_s
             self._heartbeat()
@@ -551,7 +652,7 @@ class NodeLoop:
     def _heartbeat(self) -> None:
         beat = Heartbeat(node=self.name, counters={k: float(v) for k, v in self.counters.items()})
         for out in self._outputs.values():
-            if out.endpoint.kind != "latest" and not out.eos_sent:
+            if out.endpoint.kind != "latest" and not out.eos_sent and not out.is_sending:
                 self._send_on(out, beat, "heartbeat", block=False)
 
     def _log_rates(self, now: float) -> None:

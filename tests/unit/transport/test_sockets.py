@@ -212,3 +212,110 @@ def test_heartbeats_reach_downstream_peers(ctx, ipc_dir):
         poll_until(sink, lambda: "src" in sink.peers)
     assert sink.peers["src"]["counters"]["sent.frame"] == 1.0
     assert sink.counters["recv.heartbeat"] >= 1 and sink.counters["recv.frame"] == 1
+
+
+def test_lossless_sender_closing_right_after_its_stream_loses_nothing(ctx, ipc_dir):
+    """N large messages and end-of-stream, then the sender closes at once (linger 0) while the receiver still holds
+    its first message: all N arrive, because a normal close waits until the receiver has disconnected. (Closing
+    without that wait drops what is still queued in the sender: with linger 0 nearly all of it.)"""
+    num = 20
+    release = threading.Event()
+    got: list[int] = []
+
+    def on_frame(f: Frame) -> None:
+        release.wait(30)  # bounded; set once the sender is done sending and about to close
+        got.append(f.frame_seq)
+
+    consumer = NodeLoop("consumer", [ep("frames", "in", ipc_dir, hwm=1)], context=ctx, handle_signals=False)
+    consumer.on(Frame, on_frame)
+    producer = NodeLoop(
+        "producer", [ep("frames", "out", ipc_dir, hwm=64)], context=ctx, handle_signals=False, linger_ms=0
+    )
+    with consumer:
+        thread = threading.Thread(target=consumer.run)
+        thread.start()
+        with producer:
+            producer.run([frame(i, (480, 640)) for i in range(num)])  # 0.9 MB each: most stay queued at the sender
+            assert producer.counters["sent.frame"] == num and not got
+            release.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert got == list(range(num))
+    assert consumer.counters["lost.frames"] == 0 and consumer.is_finished
+    assert consumer.report()["inputs"]["frames"]["upstreams"]["producer"]["num_sent"] == num
+    assert not any(k.startswith("drain_timeout") for k in producer.counters)
+
+
+def test_stop_takes_effect_before_the_next_message_of_a_batch(ctx, ipc_dir):
+    """stop() from inside a handler: no further message is handled; the rest are counted or left queued."""
+
+    num = 10
+    handled: list[int] = []
+    src = NodeLoop("src", [ep("frames", "out", ipc_dir, hwm=32)], context=ctx, handle_signals=False)
+    sink = NodeLoop("sink", [ep("frames", "in", ipc_dir, hwm=32)], context=ctx, handle_signals=False)
+
+    def on_frame(f: Frame) -> None:
+        handled.append(f.frame_seq)
+        if f.frame_seq == 2:
+            sink.stop("test")
+
+    sink.on(Frame, on_frame)
+    with src, sink:
+        for i in range(num):
+            src.send(frame(i))
+        src.end_stream()
+        assert sink._inputs["frames"].socket.poll(10_000)  # something has arrived: the first batch is not empty
+        assert sink.run() == 0
+        for _ in range(3):
+            sink.poll_once(10)  # a stopped loop handles nothing, even when polled
+        assert handled == [0, 1, 2]
+        queued = 0
+        sock = sink._inputs["frames"].socket
+        while sock.poll(5_000):  # what the loop never took off the socket, up to the end-of-stream
+            topic = sock.recv_multipart()[0]
+            if topic == b"end_of_stream":
+                break
+            queued += topic == b"frame"
+    assert sink.counters["recv.frame"] == 3
+    assert sink.counters["dropped.stopping"] + queued == num - 3
+
+
+def test_heartbeats_while_a_send_waits_leave_no_seq_gap(ctx, ipc_dir, caplog):
+    """A producer blocked at the HWM keeps sending heartbeats (every tick here); seqs stay consecutive, so the
+    receiver counts no gap and warns about none."""
+    num = 40
+    got: list[int] = []
+    consumer = NodeLoop("consumer", [ep("frames", "in", ipc_dir, hwm=1)], context=ctx, handle_signals=False)
+    producer = NodeLoop(
+        "producer", [ep("frames", "out", ipc_dir, hwm=1)], context=ctx, handle_signals=False, heartbeat_s=0.0
+    )
+    consumer.on(Frame, lambda f: got.append(f.frame_seq))
+    with producer, consumer:
+        thread = threading.Thread(target=producer.run, args=([frame(i, (240, 320)) for i in range(num)],))
+        thread.start()
+        poll_until(consumer, lambda: consumer.is_finished, max_polls=MAX_POLLS * 5)
+        thread.join(10)
+    assert got == list(range(num))
+    assert producer.counters["send_waits.frames"] > 0  # it did wait, and ticked meanwhile
+    assert consumer.counters["recv.heartbeat"] > 0
+    assert consumer.counters["gaps.frames"] == 0
+    assert "missing before seq" not in caplog.text
+
+
+def test_a_real_seq_gap_is_counted_and_warned(ctx, ipc_dir, caplog):
+    import zmq
+
+    from spark3r_stream.transport import encode
+
+    sink = NodeLoop("sink", [ep("frames", "in", ipc_dir)], context=ctx, handle_signals=False)
+    seen: list[int] = []
+    sink.on(Frame, lambda f: seen.append(f.frame_seq))
+    with sink:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(sink._inputs["frames"].endpoint.address)
+        for seq in (0, 1, 3):  # seq 2 never sent: lost on the way
+            push.send_multipart(encode(frame(seq), seq, node="src"))
+        poll_until(sink, lambda: len(seen) == 3)
+        push.close(linger=0)
+    assert sink.counters["gaps.frames"] == 1
+    assert "1 message(s) from 'src' missing before seq 3" in caplog.text
