@@ -38,8 +38,6 @@ if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, _on_early_signal)
     signal.signal(signal.SIGTERM, _on_early_signal)
 NODES = ("capture", "keyframes", "reconstruction", "fusion")
-FRAME_LOG = "frames.csv"  # written by the keyframes node, read by fusion: every frame, its keyframe id and GT
-FRAME_LOG_HEADER = "frame_seq,t_capture,keyframe_id," + ",".join(f"gt{r}{c}" for r in range(3) for c in range(4))
 DRAIN_TIMEOUT_S = 3600.0  # normal end: wait at most this long for receivers to take the rest of the stream
 LINGER_STOP_MS = 500  # after SIGINT/SIGTERM (or an error): the consumers are stopping too
 log = logging.getLogger("nodes")
@@ -134,19 +132,6 @@ def run_main(kind: str, body: Callable[[NodeContext], int], argv: Sequence[str] 
     except Exception:
         log.exception("%s: failed", ctx.name)
         return 1
-
-
-def read_frame_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(frame_seq [F], t_capture [F] s, ground truth world_from_cam [F, 4, 4] with NaN rows where a frame has none,
-    or None when no frame has any) from the keyframes node's frame log."""
-    rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2) if path.stat().st_size else np.zeros((0, 15))
-    if rows.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0), None
-    gt = np.full((len(rows), 4, 4), np.nan)
-    gt[:, :3, :] = rows[:, 3:15].reshape(-1, 3, 4)
-    gt[:, 3, :] = (0.0, 0.0, 0.0, 1.0)
-    has_gt = ~np.isnan(rows[:, 3:15]).any(axis=1)
-    return rows[:, 0].astype(np.int64), rows[:, 1], (gt if has_gt.any() else None)
 
 
 @contextmanager

@@ -1,5 +1,5 @@
-"""Fusion node: window results + forwarded keyframes -> GlobalMap, Rerun, map updates (fanout); on shutdown (end,
-Ctrl-C, SIGTERM) the trajectories, map.ply, recording.rrd, groundtruth.tum and report.json with the ATE.
+"""Fusion node: window results + forwarded keyframes + frame records -> GlobalMap, Rerun, map updates (fanout); on
+shutdown (end, Ctrl-C, SIGTERM) the trajectories, map.ply, recording.rrd, groundtruth.tum and report.json with ATE.
 Params: `map` (GlobalMapConfig), `rerun` (RerunConfig; saves <out>/recording.rrd unless `save_rrd: false`)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nodes import FRAME_LOG, NodeContext, StageTimer, node_loop, read_frame_log, run_main
+from nodes import NodeContext, StageTimer, node_loop, run_main
 from spark3r_stream.eval.trajectory import trajectory_metrics_from_files, write_tum
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
-from spark3r_stream.transport import Keyframe, MapUpdate, WindowResult
+from spark3r_stream.transport import FrameRecord, Keyframe, MapUpdate, WindowResult
 from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
 
 log = logging.getLogger("nodes.fusion")
@@ -54,6 +54,7 @@ def body(ctx: NodeContext) -> int:
     with node_loop(ctx, report) as loop:
         loop.on(Keyframe, timer.wrap("add_keyframe", on_keyframe))
         loop.on(WindowResult, timer.wrap("fuse_window", on_result))
+        loop.on(FrameRecord, lambda r: gmap.record_frame(r.frame_seq, r.t_capture, r.gt_world_from_cam))  # each frame
         loop.on_subscribe("map", lambda: poses(snapshot=True))  # late joiners get the whole map
         try:
             loop.run()
@@ -62,25 +63,21 @@ def body(ctx: NodeContext) -> int:
             report.set("windows", {"count": len(windows), "runs": windows})
             report.set("reduction_plans", plans)
             report.set("keyframes", {"posed": len(gmap.keyframe_ids), "points": gmap.num_points})
-            write_outputs(ctx, gmap, viewer, report, newest)
+            write_outputs(ctx, gmap, viewer, report, newest, num_frames=loop.counters["recv.frame_record"])
     return 0
 
 
-def write_outputs(ctx: NodeContext, gmap: GlobalMap, viewer: MapLogger, report, newest: dict) -> None:
+def write_outputs(ctx: NodeContext, gmap: GlobalMap, viewer: MapLogger, report, newest: dict, num_frames: int) -> None:
     """Everything fusion leaves behind, with what it has (also after a signal or an upstream failure)."""
-    frame_log = ctx.out / FRAME_LOG
-    seqs, times, gt = read_frame_log(frame_log) if frame_log.is_file() else (np.zeros(0), np.zeros(0), None)
-    for seq, t in zip(seqs, times, strict=True):
-        gmap.record_frame(int(seq), float(t))
     outputs = gmap.export(ctx.out) if gmap.keyframe_ids else {}
     viewer.finish(gmap, newest["frame_seq"], newest["t"])
     outputs["recording"] = viewer.config.rrd_path
-    has_gt = np.zeros(len(seqs), bool) if gt is None else ~np.isnan(gt[:, 0, 0])
-    report.set("frames", {"logged": len(seqs), "with_ground_truth": int(has_gt.sum())})
+    gt_times, gt_poses = gmap.ground_truth()
+    report.set("frames", {"logged": num_frames, "with_ground_truth": len(gt_times)})
     trajectory = {}
-    if has_gt.any() and outputs:
+    if len(gt_times):
         outputs["groundtruth"] = ctx.out / "groundtruth.tum"
-        write_tum(outputs["groundtruth"], times[has_gt], gt[has_gt], comment="ground truth of the same frames")
+        write_tum(outputs["groundtruth"], gt_times, gt_poses, comment="ground truth of the same frames")
         for name, key in (("all_frames", "trajectory"), ("keyframes", "trajectory_keyframes")):
             if len(gmap.keyframe_ids) >= 3:  # same timestamps in both files: associated exactly
                 trajectory[name] = trajectory_metrics_from_files(outputs[key], outputs["groundtruth"])

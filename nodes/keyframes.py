@@ -1,6 +1,6 @@
 """Keyframes node: frames -> keyframes (parallax, blur gate, min/max interval; resized to the model input) and
-window requests (growing windows by keyframe id). Writes the frame log fusion uses for the every-frame trajectory
-and the ground truth. Starts without torch.
+window requests (growing windows by keyframe id), and one FrameRecord per frame straight to fusion (time, keyframe
+id, ground truth) for the every-frame trajectory and groundtruth.tum. Starts without torch.
 
 Params: `selector` (KeyframeSelectorConfig), `windows` (WindowSchedulerConfig).
 """
@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nodes import FRAME_LOG, FRAME_LOG_HEADER, NodeContext, StageTimer, node_loop, run_main
+from nodes import NodeContext, StageTimer, node_loop, run_main
 from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
 from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
-from spark3r_stream.transport import Frame, Keyframe, WindowRequest
+from spark3r_stream.transport import Frame, FrameRecord, Keyframe, WindowRequest
 
 log = logging.getLogger("nodes.keyframes")
 SECTIONS = ("selector", "windows")
@@ -25,27 +25,24 @@ def body(ctx: NodeContext) -> int:
     selector = KeyframeSelector(ctx.config(KeyframeSelectorConfig, "selector"))
     scheduler = WindowScheduler(ctx.config(WindowSchedulerConfig, "windows"))
     report, timer = ctx.report(), StageTimer()
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    frame_log = open(ctx.out / FRAME_LOG, "w", buffering=1)  # line-buffered: complete lines for fusion
-    frame_log.write(FRAME_LOG_HEADER + "\n")
 
     def request(run) -> WindowRequest | None:
         return None if run is None else WindowRequest(window_id=run.window_id, keyframe_ids=run.keyframe_ids)
 
     def on_frame(frame: Frame) -> list:
         chosen = selector.offer(frame.frame_seq, frame.t_capture, frame.image)
-        gt = (
-            "," * 11 if frame.world_from_cam is None else ",".join(f"{v:.9g}" for v in frame.world_from_cam[:3].ravel())
-        )
-        frame_log.write(
-            f"{frame.frame_seq},{frame.t_capture:.9f},{-1 if chosen is None else chosen.keyframe_id},{gt}\n"
+        record = FrameRecord(
+            frame_seq=frame.frame_seq,
+            t_capture=frame.t_capture,
+            keyframe_id=None if chosen is None else chosen.keyframe_id,
+            gt_world_from_cam=frame.world_from_cam,
         )
         if chosen is None:
-            return []
+            return [record]
         keyframe = Keyframe(
             keyframe_id=chosen.keyframe_id, frame_seq=chosen.frame_seq, t_capture=chosen.t_capture, image=chosen.image
         )
-        return [keyframe, request(scheduler.add(chosen.keyframe_id))]
+        return [record, keyframe, request(scheduler.add(chosen.keyframe_id))]
 
     with node_loop(ctx, report) as loop:
         loop.on(Frame, timer.wrap("select_keyframe", on_frame))
@@ -53,7 +50,6 @@ def body(ctx: NodeContext) -> int:
         try:
             loop.run()
         finally:
-            frame_log.close()
             report.set("frames", dict(selector.counts))
             report.set("windows", {"num_runs": scheduler.num_runs})
             report.set("stages", timer.summary())

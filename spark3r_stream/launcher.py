@@ -501,6 +501,9 @@ def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "window_results_sent": recon.get("sent.window_result"),
         "window_results_received": fusion.get("recv.window_result"),
         "results_lost": fusion.get("lost.results", 0) if fusion else None,
+        "frame_records_sent": keyframes.get("sent.frame_record"),
+        "frame_records_received": fusion.get("recv.frame_record"),
+        "frame_records_lost": fusion.get("lost.frame_records", 0) if fusion else None,
         "malformed_dropped": {
             name: {k: v for k, v in counters(entry["kind"]).items() if k.startswith("dropped.")}
             for name, entry in nodes.items()
@@ -517,6 +520,7 @@ def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         and not out["frames_lost"]
         and not out["keyframes_lost"]
         and not out["results_lost"]
+        and not out["frame_records_lost"]
     )
     return out
 

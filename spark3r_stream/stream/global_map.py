@@ -3,7 +3,7 @@ and the exports (TUM trajectories of keyframes and of every frame, PLY).
 
 Memory is bounded: at most `max_points_per_keyframe` points per keyframe and `max_total_points` over all keyframes
 (beyond that every keyframe is thinned evenly), keyframe images only for the `max_cached_images` newest keyframes,
-and 16 bytes per input frame for the all-frame trajectory. A point costs 23 bytes (float32 xyz, uint8 rgb,
+and 16 bytes per input frame for the all-frame trajectory (144 with a ground-truth pose). A point costs 23 bytes (float32 xyz, uint8 rgb,
 float32 confidence, int32 pixel index), so the default cap of 4 M points is about 92 MB.
 """
 
@@ -122,6 +122,7 @@ class GlobalMap:
         self._records: dict[int, _KeyframeRecord] = {}
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._frame_times: dict[int, float] = {}  # frame_seq -> t_capture of every input frame
+        self._ground_truth: dict[int, np.ndarray] = {}  # frame_seq -> ground-truth world_from_cam [4, 4], if known
         self._fused: FusedMap | None = None
         self.latest_depth: tuple[int, np.ndarray] | None = None  # (keyframe_id, depth [H, W] in map units)
         self.num_windows = 0
@@ -143,9 +144,15 @@ class GlobalMap:
             while len(self._images) > self.config.max_cached_images:
                 self._images.popitem(last=False)
 
-    def record_frame(self, frame_seq: int, t_capture: float) -> None:
-        """Remember an input frame's time, so `write_trajectory` gives it an interpolated pose."""
+    def record_frame(self, frame_seq: int, t_capture: float, gt_world_from_cam: np.ndarray | None = None) -> None:
+        """Remember an input frame's time, so `write_trajectory` gives it an interpolated pose, and its ground-truth
+        camera-to-world pose when the source has one (`ground_truth()`: the same timestamps)."""
         self._frame_times[frame_seq] = float(t_capture)
+        if gt_world_from_cam is not None:
+            pose = np.array(gt_world_from_cam, dtype=np.float64)  # a copy: received arrays are views on messages
+            if pose.shape != (4, 4):
+                raise InputError(f"frame {frame_seq} ground truth: expected a [4, 4] pose, got shape {pose.shape}")
+            self._ground_truth[frame_seq] = pose
 
     def integrate_window(
         self,
@@ -380,6 +387,13 @@ class GlobalMap:
         times = np.array([self._frame_times[s] for s in seqs], dtype=np.float64)
         unique_times, first = np.unique(key_times, return_index=True)  # interpolation needs strictly increasing times
         return seqs, times, interpolate_poses(unique_times, key_poses[first], times)
+
+    def ground_truth(self) -> tuple[np.ndarray, np.ndarray]:
+        """(timestamps [G] s, ground-truth world_from_cam [G, 4, 4]) of the recorded frames that have one, in
+        frame_seq order, as in `frame_trajectory`."""
+        seqs = sorted(self._ground_truth)
+        times = np.array([self._frame_times[s] for s in seqs], dtype=np.float64)
+        return times, (np.stack([self._ground_truth[s] for s in seqs]) if seqs else np.zeros((0, 4, 4)))
 
     # ---------------------------------------------------------------------------------------------------- exports
 

@@ -44,19 +44,22 @@ class EdgeDefaults:
 
 
 #: The pipeline's edges. `frames` is lossless for replay; a live camera's launch file sets kind: latest.
+#: `frame_records` goes from keyframes straight to fusion (every frame's time, keyframe id and ground truth, no
+#: image, ~0.5 kB each), so fusion gets them wherever it runs and the reconstruction host never sees them.
 EDGES: dict[str, EdgeDefaults] = {
     "frames": EdgeDefaults(kind="lossless", topics=("frame",), hwm=8, tcp_port=5550),
     "keyframes": EdgeDefaults(kind="lossless", topics=("keyframe", "window_request"), hwm=32, tcp_port=5551),
     "results": EdgeDefaults(kind="lossless", topics=("window_result",), hwm=4, tcp_port=5552),
     "map": EdgeDefaults(kind="fanout", topics=("map_update",), hwm=64, tcp_port=5553),
+    "frame_records": EdgeDefaults(kind="lossless", topics=("frame_record",), hwm=1000, tcp_port=5554),
 }
 
 #: Which node reads and writes which edge (capture -> keyframes -> reconstruction -> fusion -> viewers).
 NODE_EDGES: dict[str, dict[str, tuple[str, ...]]] = {
     "capture": {"in": (), "out": ("frames",)},
-    "keyframes": {"in": ("frames",), "out": ("keyframes",)},
+    "keyframes": {"in": ("frames",), "out": ("keyframes", "frame_records")},
     "reconstruction": {"in": ("keyframes",), "out": ("results",)},
-    "fusion": {"in": ("results",), "out": ("map",)},
+    "fusion": {"in": ("results", "frame_records"), "out": ("map",)},
 }
 
 

@@ -165,6 +165,19 @@ class Frame:
     intrinsics: INTRINSICS | None = None
 
 
+@message("frame_record", version=1)
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class FrameRecord:
+    """One input frame as the keyframes node saw it, without its image: for fusion's every-frame trajectory and
+    ground truth. `keyframe_id` is None when the frame did not become a keyframe; `gt_world_from_cam` is the
+    source's ground-truth camera-to-world pose, None when it has none."""
+
+    frame_seq: int
+    t_capture: float
+    keyframe_id: int | None = None
+    gt_world_from_cam: POSE | None = None
+
+
 @message("keyframe", version=1)
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Keyframe:

@@ -6,9 +6,11 @@ reads back with the expected entities, and the trajectory is scored against the 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from spark3r_stream.eval.trajectory import read_tum
+from spark3r_stream.sources import open_source
 from spark3r_stream.viz.rerun_logger import recorded_entity_paths
 from tests.conftest import fixture_path
 from tests.integration.conftest import RANDOM, read_report, spark3r, tum_rows
@@ -37,6 +39,8 @@ def test_every_frame_is_accounted_for(synth_run):
     assert acc["frames_received"] == NUM_FRAMES
     assert acc["frames_lost"] == 0 and acc["keyframes_lost"] == 0 and acc["results_lost"] == 0
     assert acc["keyframes_sent"] == acc["keyframes_received"] >= 3
+    assert acc["frame_records_sent"] == acc["frame_records_received"] == NUM_FRAMES  # keyframes -> fusion
+    assert acc["frame_records_lost"] == 0
     assert acc["window_requests"] == acc["window_results_sent"] == acc["window_results_received"] >= 1
     outcome = acc["frames_by_outcome"]
     assert outcome["offered"] == NUM_FRAMES
@@ -55,6 +59,12 @@ def test_outputs_have_one_pose_per_frame_and_the_ground_truth(synth_run):
     gt_times, _ = read_tum(out / "groundtruth.tum")
     assert len(times) == len(gt_times) == NUM_FRAMES
     assert list(times) == list(gt_times)
+    # the ground truth reached fusion in messages (no file shared with the keyframes node) and is the source's own
+    assert not (out / "frames.csv").exists()
+    frames = list(open_source({"type": "synth", "seed": 0, "frames": NUM_FRAMES, "path": "handheld", "rate": 0}))
+    _, gt_poses = read_tum(out / "groundtruth.tum")
+    np.testing.assert_allclose(gt_times, [f.t_capture for f in frames], atol=1e-9)
+    np.testing.assert_allclose(gt_poses, np.stack([f.world_from_cam for f in frames]), atol=1e-6)
     assert len(tum_rows(out / "trajectory_keyframes.tum")) == report["pipeline"]["accounting"]["keyframes_sent"]
     assert report["windows"]["count"] >= 1 and report["reduction_plans"]
     assert set(report["stages"]) == {"add_keyframe", "fuse_window"}

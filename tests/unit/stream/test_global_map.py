@@ -158,3 +158,16 @@ def test_bad_window_results_are_rejected():
     with pytest.raises(InputError, match=r"confidence: expected the depth's shape"):
         global_map.integrate_window(7, **{**window, "confidence": np.ones((2, 3, 3))})
     assert global_map.keyframe_ids == []  # nothing half-applied
+
+
+def test_ground_truth_of_recorded_frames_in_frame_order_with_their_times():
+    global_map = GlobalMap()
+    global_map.record_frame(2, 0.2, _world_from_cam(2))
+    global_map.record_frame(0, 0.0, _world_from_cam(0))
+    global_map.record_frame(1, 0.1)  # a frame without ground truth
+    times, poses = global_map.ground_truth()
+    np.testing.assert_array_equal(times, [0.0, 0.2])
+    np.testing.assert_array_equal(poses, np.stack([_world_from_cam(0), _world_from_cam(2)]))
+    with pytest.raises(InputError, match=r"frame 3 ground truth: expected a \[4, 4\] pose, got shape \(3, 4\)"):
+        global_map.record_frame(3, 0.3, np.eye(4)[:3])
+    assert GlobalMap().ground_truth()[1].shape == (0, 4, 4)

@@ -41,6 +41,9 @@ def sample_message(topic: str, rng: np.random.Generator | None = None):
             world_from_cam=poses[0],
             intrinsics=k,
         ),
+        "frame_record": lambda: m.FrameRecord(
+            frame_seq=12, t_capture=1403715273.262143, keyframe_id=3, gt_world_from_cam=poses[1]
+        ),
         "keyframe": lambda: m.Keyframe(
             keyframe_id=3, frame_seq=12, t_capture=0.4, image=rng.integers(0, 256, (28, 42, 3), dtype=np.uint8)
         ),
@@ -71,4 +74,13 @@ def sample_message(topic: str, rng: np.random.Generator | None = None):
     return samples[topic]()
 
 
-SAMPLE_TOPICS = ("frame", "keyframe", "window_request", "window_result", "map_update", "heartbeat", "end_of_stream")
+SAMPLE_TOPICS = (
+    "frame",
+    "frame_record",
+    "keyframe",
+    "window_request",
+    "window_result",
+    "map_update",
+    "heartbeat",
+    "end_of_stream",
+)

@@ -119,3 +119,11 @@ def test_window_result_plan_may_be_a_string():
     assert out.plan == "dense"
     assert isinstance(out, WindowResult)
     assert Frame.TOPIC == "frame" and Frame.VERSION == 1
+
+
+def test_frame_record_without_keyframe_or_ground_truth_round_trips_as_none():
+    from spark3r_stream.transport import FrameRecord
+
+    out, header = decode(encode(FrameRecord(frame_seq=5, t_capture=0.5), seq=5))
+    assert (out.frame_seq, out.t_capture, out.keyframe_id, out.gt_world_from_cam) == (5, 0.5, None, None)
+    assert header["arrays"] == [] and header["scalars"]["keyframe_id"] is None
