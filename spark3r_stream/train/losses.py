@@ -40,14 +40,23 @@ def confident_regression(
 
 
 class CorrespondenceHead(nn.Module):
-    """Training-only auxiliary: each patch's pixel in frame 0 from its last-layer token (not part of the model)."""
+    """Training-only auxiliary: each patch's pixel in frame 0 from its last-layer token (not part of the model).
 
-    def __init__(self, dim_in: int) -> None:
+    Predicted as an offset from the patch's own centre, so "no motion" is the starting point and the loss only
+    rewards cross-view matching (an absolute position scored worse than that trivial guess in session 3).
+    """
+
+    def __init__(self, dim_in: int, grid_hw: tuple[int, int], patch_size: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim_in, 2)
+        h, w = grid_hw
+        H, W = h * patch_size, w * patch_size
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        centres = torch.stack([xs, ys], -1).reshape(-1, 2).float() * patch_size + patch_size // 2
+        self.register_buffer("centres", centres / torch.tensor([W - 1, H - 1]) * 2 - 1, persistent=False)
 
     def forward(self, tokens: torch.Tensor, patch_start_idx: int) -> torch.Tensor:
-        return torch.tanh(self.proj(tokens[:, :, patch_start_idx:]))
+        return self.centres + self.proj(tokens[:, :, patch_start_idx:])
 
 
 def correspondence_loss(pred_uv: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -29,37 +29,48 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class Stage:
-    """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step."""
+    """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step.
+
+    `turn_deg` is the per-frame turn of the handheld scenes (a range: drawn per scene); the scene pool is re-rendered
+    when it changes. `camera_term_weights` weigh the camera loss's translation, quaternion and FoV terms.
+    """
 
     start_step: int
     clip_len: int
     num_clips: int
     max_gap: int
+    turn_deg: float | tuple[float, float] = 3.0
+    camera_term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+BIG_TURN = (1.0, 2.0, 0.5)  # camera term weights of phase 2: translation, quaternion, FoV
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     preset: str = "vggt-tiny"
-    total_steps: int = 4_500
+    total_steps: int = 7_000
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
     decay_fraction: float = 0.25  # cosine decay over the last quarter; constant peak before
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
-    camera_term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # translation, quaternion, FoV
     depth_weight: float = 1.0
     points_weight: float = 1.0
     correspondence_weight: float = 1.0
     curriculum: tuple[Stage, ...] = (
         Stage(start_step=0, clip_len=2, num_clips=24, max_gap=3),
         Stage(start_step=1_500, clip_len=4, num_clips=12, max_gap=2),
-        Stage(start_step=3_000, clip_len=8, num_clips=6, max_gap=2),
+        # Phase 2 (sessions 3+): poses had not left identity at step 3,000. Pairs with clearly visible motion
+        # (research/tiny_model_training.md study 2: 4-25 degrees), the quaternion term weighted up, then longer clips.
+        Stage(start_step=3_000, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
+        Stage(start_step=5_000, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
+        Stage(start_step=6_200, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0), camera_term_weights=BIG_TURN),
     )
     pool_size: int = 192
     pool_frames: int = 32
     step_m: float = 0.12
-    turn_deg: float | tuple[float, float] = 3.0  # per-frame turn of handheld paths; a range is drawn per scene
     seed: int = 1
     checkpoint_every: int = 250
     bf16: bool = True
@@ -108,7 +119,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     model = build_model(cfg.preset, random_weights=True).train()
-    aux = CorrespondenceHead(2 * model.config.embed_dim)
+    grid = model.config.img_size // model.config.patch_size
+    aux = CorrespondenceHead(2 * model.config.embed_dim, (grid, grid), model.config.patch_size)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = warm_from = 0
@@ -126,14 +138,18 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         step = warm_from = int(json.loads(safe_open_metadata(shipped).get("step", "0")))
         log.info("resumed from the shipped weights %s at step %d (fresh optimizer)", shipped, step)
     rng = np.random.default_rng(cfg.seed * 7919 + step)
-    pool = ScenePool(
-        size=cfg.pool_size,
-        frames=cfg.pool_frames,
-        image_size=model.config.img_size,
-        first_seed=cfg.seed * 100_000 + step * 2,
-        step_m=cfg.step_m,
-        turn_deg=cfg.turn_deg,
-    )
+
+    def scene_pool(turn_deg: float | tuple[float, float]) -> ScenePool:
+        return ScenePool(
+            size=cfg.pool_size,
+            frames=cfg.pool_frames,
+            image_size=model.config.img_size,
+            first_seed=cfg.seed * 100_000 + step * 2,
+            step_m=cfg.step_m,
+            turn_deg=turn_deg,
+        )
+
+    pool = scene_pool(stage_at(cfg, step).turn_deg)
     log_file = (out / "loss_log.jsonl").open("a")
     start = time.perf_counter()
     running: dict[str, float] = {}
@@ -162,6 +178,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
                 break
             stage = stage_at(cfg, step)
+            if stage.turn_deg != pool.turn_deg:
+                pool = scene_pool(stage.turn_deg)
             batch = make_batch(pool, rng, stage.num_clips, stage.clip_len, stage.max_gap)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step, warm_from)
@@ -171,7 +189,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 pred_uv = aux(out_dict["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
             losses = {
                 "camera": camera_loss(
-                    [p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc, weights=cfg.camera_term_weights
+                    [p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc, weights=stage.camera_term_weights
                 ),
                 "depth": confident_regression(
                     out_dict["depth"][..., 0], out_dict["depth_conf"], batch.depth, batch.valid
