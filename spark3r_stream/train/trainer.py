@@ -49,7 +49,7 @@ BIG_TURN = (1.0, 2.0, 0.5)  # camera term weights of phase 2: translation, quate
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     preset: str = "vggt-tiny"
-    total_steps: int = 7_000
+    total_steps: int = 6_000
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -65,8 +65,8 @@ class TrainConfig:
         # Phase 2 (sessions 3+): poses had not left identity at step 3,000. Pairs with clearly visible motion
         # (research/tiny_model_training.md study 2: 4-25 degrees), the quaternion term weighted up, then longer clips.
         Stage(start_step=3_000, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
-        Stage(start_step=5_000, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
-        Stage(start_step=6_200, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0), camera_term_weights=BIG_TURN),
+        Stage(start_step=4_500, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
+        Stage(start_step=5_400, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0), camera_term_weights=BIG_TURN),
     )
     pool_size: int = 192
     pool_frames: int = 32
