@@ -73,6 +73,7 @@ class TrainConfig:
     step_m: float = 0.12
     seed: int = 1
     checkpoint_every: int = 250
+    log_every: int = 25
     bf16: bool = True
     num_threads: int = 2
     out_dir: str = "checkpoints/vggt-tiny"
@@ -213,7 +214,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             record = {k: v.item() for k, v in losses.items()} | {"total": total.item(), "grad_norm": grad_norm.item()}
             for k, v in record.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v
-            if step % 25 == 0:
+            if step % cfg.log_every == 0:
                 log_file.write(
                     json.dumps(
                         {

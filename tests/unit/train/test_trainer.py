@@ -1,0 +1,92 @@
+"""Tests for spark3r_stream.train: targets, the correspondence auxiliary, the schedule and resumable training."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spark3r_stream.geometry import apply_transform, unproject_depth
+from spark3r_stream.models.pose_encoding import pose_encoding_to_extri_intri
+from spark3r_stream.synth import render_sequence
+from spark3r_stream.train.data import ScenePool, clip_targets, make_batch
+from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, correspondence_loss
+from spark3r_stream.train.trainer import TRAIN_PRESETS, Stage, TrainConfig, learning_rate, stage_at, train
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return render_sequence(3, 6, height=56, width=56)
+
+
+def test_clip_targets_are_in_frame_zero_and_scale_normalised(sequence):
+    frames = np.array([1, 3, 5])
+    t = clip_targets(sequence, frames)
+    np.testing.assert_allclose(t["cam_from_ref"][0], np.eye(4), atol=1e-9)
+    assert np.linalg.norm(t["points"][t["valid"]], axis=-1).mean() == pytest.approx(1.0, rel=1e-5)
+    # frame 2's depth, unprojected and moved by its pose, lands on its world points
+    cam_points = unproject_depth(t["depth"][2], sequence.intrinsics)
+    ref_points = apply_transform(np.linalg.inv(t["cam_from_ref"][2]), cam_points)
+    valid = t["valid"][2]
+    np.testing.assert_allclose(ref_points[valid], t["points"][2][valid], atol=1e-4)
+
+
+def test_batch_pose_encoding_round_trips_to_the_targets(sequence):
+    pool = ScenePool(size=1, frames=6, image_size=56, first_seed=5, step_m=0.1, turn_deg=(2.0, 8.0))
+    batch = make_batch(pool, np.random.default_rng(0), num_clips=2, clip_len=3, max_gap=2)
+    assert batch.images.shape == (2, 3, 3, 56, 56) and batch.pose_enc.shape == (2, 3, 9)
+    extrinsics, _ = pose_encoding_to_extri_intri(batch.pose_enc, image_size_hw=(56, 56))
+    np.testing.assert_allclose(extrinsics[:, 0].numpy(), np.eye(4)[:3][None].repeat(2, 0), atol=1e-6)
+    assert 2.0 <= pool.turn_deg[0] and pool.turn_deg[1] <= 8.0
+
+
+def test_correspondence_head_starts_from_no_motion():
+    head = CorrespondenceHead(8, (4, 4), 14)
+    torch.nn.init.zeros_(head.proj.weight), torch.nn.init.zeros_(head.proj.bias)
+    uv = head(torch.randn(1, 2, 5 + 16, 8), patch_start_idx=5)
+    assert uv.shape == (1, 2, 16, 2)
+    np.testing.assert_allclose(uv[0, 0, 0].detach().numpy(), [7 / 55 * 2 - 1] * 2, atol=1e-6)
+    np.testing.assert_allclose(uv[0, 0, 15].detach().numpy(), [49 / 55 * 2 - 1] * 2, atol=1e-6)
+    batch = type("B", (), {"patch_uv": uv.detach().clone(), "patch_visible": torch.ones(1, 2, 16, dtype=bool)})
+    assert correspondence_loss(uv, batch).item() == 0.0
+
+
+def test_camera_loss_weights_each_term():
+    target = torch.zeros(1, 2, 9)
+    pred = target.clone()
+    pred[..., 3:7] = 1.0  # only the quaternion is off
+    base = camera_loss([pred], target)
+    assert camera_loss([pred], target, weights=(1.0, 2.0, 0.5)).item() == pytest.approx(2 * base.item())
+    assert camera_loss([pred], target, weights=(3.0, 0.0, 3.0)).item() == 0.0
+
+
+def test_schedule_warms_up_holds_and_decays():
+    cfg = TrainConfig(total_steps=1000, lr=1e-3, warmup_steps=100, decay_fraction=0.25)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-5)
+    assert learning_rate(cfg, 500) == 1e-3
+    assert learning_rate(cfg, 1000) == pytest.approx(0.05e-3)
+    assert learning_rate(cfg, 510, warm_from=500) == pytest.approx(1.1e-4)  # re-warm-up after a resume
+    stages = TRAIN_PRESETS["vggt-tiny"].curriculum
+    assert [stage_at(TRAIN_PRESETS["vggt-tiny"], s.start_step) for s in stages] == list(stages)
+
+
+def test_training_checkpoints_and_resumes(tmp_path):
+    cfg = TrainConfig(
+        total_steps=2,
+        warmup_steps=1,
+        curriculum=(Stage(start_step=0, clip_len=2, num_clips=1, max_gap=1),),
+        pool_size=1,
+        pool_frames=3,
+        checkpoint_every=1,
+        log_every=1,
+        num_threads=1,
+        out_dir=str(tmp_path / "run"),
+    )
+    state_path = train(cfg, resume=False)
+    state = torch.load(state_path, weights_only=True)
+    assert state["step"] == 2 and (tmp_path / "run" / "weights.safetensors").exists()
+    train(dataclasses.replace(cfg, total_steps=3))
+    assert torch.load(state_path, weights_only=True)["step"] == 3
+    log = [json.loads(line) for line in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["total"]) for r in log)
