@@ -11,7 +11,7 @@ from pathlib import Path
 from spark3r_stream.errors import Spark3RError
 
 log = logging.getLogger("spark3r")
-BENCHMARKS = ("attention", "backbone", "fidelity", "transport", "pipeline", "profile", "quality")
+BENCHMARKS = ("attention", "backbone", "fidelity", "transport", "pipeline", "profile", "quality", "encoder_cache")
 
 
 def _setup_logging(level: str) -> None:

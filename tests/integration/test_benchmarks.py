@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import bench_backbone
+from benchmarks import bench_backbone, bench_encoder_cache
 from benchmarks.bench_attention import RESULTS
 
 pytestmark = pytest.mark.integration
@@ -42,3 +42,23 @@ def test_stage_modules_cover_every_block_once():
             depth = model.config.depth
             assert sorted(p for p in stages if p.startswith(blocks)) == sorted(f"{blocks}{i}" for i in range(depth))
         assert set(stages.values()) == {"encoder", "frame blocks", "global blocks", "camera head", "dense heads"}
+
+
+CACHE_EXACT = 1e-5  # the encoder is per frame; only a different batch composition could change float rounding
+
+
+def test_bench_encoder_cache_quick_encodes_only_the_new_keyframes(capsys):
+    before = sorted(RESULTS.iterdir())
+    assert bench_encoder_cache.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # windows of 4 and 8 keyframes (stride 4): the second run encodes its 4 new keyframes and reuses 4
+    assert [(r["keyframes"], r["new"], r["cache_misses"], r["cache_hits"]) for r in rows] == [
+        (4, 4, 4, 0),
+        (8, 4, 4, 4),
+    ]
+    for row in rows:
+        assert row["no_cache_ms"] > 0 and row["cache_ms"] > 0 and row["encode_all_ms"] > 0
+        assert row["max_pose_diff"] <= CACHE_EXACT and row["max_depth_diff"] <= CACHE_EXACT
+    assert "Total over 2 windows" in out
+    assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
