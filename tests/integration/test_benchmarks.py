@@ -62,3 +62,17 @@ def test_bench_encoder_cache_quick_encodes_only_the_new_keyframes(capsys):
         assert row["max_pose_diff"] <= CACHE_EXACT and row["max_depth_diff"] <= CACHE_EXACT
     assert "Total over 2 windows" in out
     assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
+
+
+def test_bench_quality_quick_scores_model_baselines_and_spark3r(capsys):
+    from benchmarks import bench_quality
+
+    before = sorted(RESULTS.iterdir())
+    assert bench_quality.main(["--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["setting"] for r in rows] == ["dense", "paper", "dense", "Q-only r_Q=2", "Q-only r_Q=3"]
+    assert all(0 < r["depth_abs_rel_median"] < 1 and r["ate_over_extent"] > 0 for r in rows)
+    for method in ("| vggt-tiny |", "| identity |", "| constant-depth |"):
+        assert method in out
+    assert sorted(RESULTS.iterdir()) == before
