@@ -100,14 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d')} · git {_git_sha()} · {_machine()} · {args.threads} threads · "
         f"`spark3r bench profile {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
-        "| S | forward (s) | " + " | ".join(f"{s} (s)" for s in stages) + " | global share | peak RSS (MB) | activations (MB) |",
+        "| S | forward (s) | "
+        + " | ".join(f"{s} (s)" for s in stages)
+        + " | global share | peak RSS (MB) | activations (MB) |",
         "|---|---|" + "---|" * len(stages) + "---|---|---|",
     ]
     for r in rows:
         share = r.get("global blocks", 0) / r["wall_s"]
         cells = " | ".join(f"{r[s]:.2f}" for s in stages)
-        lines.append(f"| {r['frames']} | {r['wall_s']:.2f} | {cells} | {share:.0%} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['activations_mb']:.0f} |")
+        lines.append(
+            f"| {r['frames']} | {r['wall_s']:.2f} | {cells} | {share:.0%} | {r['peak_rss_mb']:.0f} | "
+            f"{r['activations_mb']:.0f} |"
+        )
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick:

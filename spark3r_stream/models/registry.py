@@ -279,12 +279,15 @@ def build_model(
         weights: a checkpoint path or hub repo id; None loads the weights shipped with the preset (vggt-tiny) or,
             for presets without shipped weights, leaves the parameters at their initial values.
         device: "meta" builds the module tree without allocating memory.
-        random_weights: skip the shipped weights (smoke tests, benchmarks).
+        random_weights: skip the shipped weights (smoke tests, benchmarks); the initialisation is seeded (0) so such
+            runs repeat exactly, without touching the caller's random state.
         config_overrides: fields of the family config, e.g. `enable_track=False`.
     """
     preset = get_preset(name)
     config = dataclasses.replace(preset.config, **config_overrides) if config_overrides else preset.config
-    model = FAMILIES[preset.family].model_cls(config, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = FAMILIES[preset.family].model_cls(config, device=device)
     model.preset_name = name
     model.family = preset.family
     if weights is None and not random_weights and str(device) != "meta":

@@ -18,7 +18,7 @@ from tests.conftest import fixture_path
 @pytest.fixture(scope="module")
 def infer_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("infer")
-    code = main(["infer", str(fixture_path("images")), "--random-weights", "--out", str(out)])
+    code = main(["infer", str(fixture_path("images")), "--out", str(out)])  # the shipped vggt-tiny
     assert code == 0
     return out
 
