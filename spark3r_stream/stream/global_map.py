@@ -168,7 +168,7 @@ class GlobalMap:
 
         Args:
             keyframe_ids: [S] the run's keyframes.
-            window_from_cam: [S, 4, 4] rigid camera-to-window poses (the window's frame: its first keyframe).
+            window_from_cam: [S, 4, 4] rigid camera-to-window poses (the window's frame: the model's world frame for it).
             intrinsics: [S, 3, 3] pinhole intrinsics at the depth resolution.
             dense_keyframe_ids: [D] the keyframes that come with depth (a subset of `keyframe_ids`).
             depth: [D, H, W] z-depth in window units; confidence: [D, H, W] (higher is better).

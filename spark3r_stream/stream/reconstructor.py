@@ -42,7 +42,8 @@ class ReconstructionConfig:
 
 @dataclass
 class WindowOutput:
-    """One run's result, in the frame of the window's first keyframe (fields mirror transport's WindowResult)."""
+    """One run's result in the model's own world frame for the window (VGGT, DA3: about the first keyframe's camera;
+    π³: its canonical frame); fusion aligns it by Sim(3), so no frame is assumed. Fields mirror WindowResult."""
 
     window_id: int
     keyframe_ids: tuple[int, ...]
