@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from spark3r_stream.models.heads import CameraDecoder, CameraEncoder, DPTHead, DualDPTHead
+from spark3r_stream.models.heads.gaussians import GaussianAdapter, Gaussians
 from spark3r_stream.models.layers import DinoVisionTransformer, TokenLayout, grid_positions
 from spark3r_stream.models.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from spark3r_stream.models.targets import ReductionTargets, map_sensitive_layers
@@ -32,27 +33,6 @@ SHARED_TENSOR_ALIASES: dict[str, str] = {
     for level in (1, 2, 3)
     for param in ("weight", "bias")
 }
-
-
-# Why `infer_gs=True` raises: reference_da3.md §6 names the Gaussian head's parts but not the maths parity needs, and
-# the da3_tiny_giant fixture stores only the five final tensors (case s1small_gs: means, scales, rotations, harmonics,
-# opacities; no tap of the raw 38-channel map), so the head and the adapter cannot be checked apart. Unspecified:
-#   1. GSDPT: where the images merger's output (F/2 channels) is added (after output_conv1 and the upsampling to H x W?
-#      before or after the UV embedding?), its convs' stride/padding (not in the state dict), and its input
-#      (normalised or [0, 1] images);
-#   2. the order of the 37 raw channels (xy offset 2, depth offset 1, scales 3, quaternion 4, SH 27 as [3, 9] or
-#      [9, 3]) and which channel is the opacity logit;
-#   3. GaussianAdapter: the scale activation into [1e-5, 30] (sigmoid range? softplus? times depth / focal?), the xy
-#      offset's activation and unit, the depth offset (additive? on exp-depth?), which depth and pixel centres the means
-#      unproject, the quaternion normalisation and its composition with the camera-to-world rotation (wxyz);
-#   4. the SH rotation: e3nn's real-basis order and Euler convention (`matrix_to_angles`, `wigner_D`), the change of
-#      basis between e3nn's axes and OpenCV camera axes, and what `pred_color=False` means for the DC term;
-#   5. the flattening order of the S x H x W Gaussians (2352 = 42 x 56 for one view).
-GAUSSIAN_HEAD_UNSPECIFIED = (
-    "DA3 infer_gs: the Gaussian head (gs_head + GaussianAdapter) forward is not implemented: reference_da3.md §6 does "
-    "not pin the images-merger placement, the 37-channel layout, the adapter's activations or the e3nn SH rotation, "
-    "and the fixture stores only the final Gaussians (details: spark3r_stream/models/da3.py above DA3Config)"
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,8 +53,9 @@ class DA3Config:
     head_out_channels: tuple[int, int, int, int] = (48, 96, 192, 384)
     cam_enc_num_heads: int = 16
     cam_enc_depth: int = 4
-    enable_gs_head: bool = False  # giant only: module tree for strict loading; forward unspecified, see above
-    gs_output_dim: int = 38
+    enable_gs_head: bool = False  # giant only: `gs_head` (GSDPT) + `gs_adapter`, run with infer_gs=True
+    gs_sh_degree: int = 2  # released giant: GaussianAdapter(sh_degree=2, offsets in xy and depth, no colour head)
+    gs_scale_range: tuple[float, float] = (1e-5, 30.0)
     ref_view_strategy: RefViewStrategy = "saddle_balanced"
 
     @property
@@ -219,11 +200,14 @@ class DepthAnything3(nn.Module):
         self.cam_enc = CameraEncoder(
             cfg.embed_dim, num_heads=cfg.cam_enc_num_heads, trunk_depth=cfg.cam_enc_depth, **kw
         )
-        self.gs_head = (
-            DPTHead(dim_in, output_dim=cfg.gs_output_dim, activation="linear", rectified_skip=False, token_norm=False,
-                    image_merger=True, **head_kw)
-            if cfg.enable_gs_head else None
-        )  # fmt: skip
+        self.gs_head, self.gs_adapter = None, None
+        if cfg.enable_gs_head:
+            self.gs_adapter = GaussianAdapter(cfg.gs_sh_degree, *cfg.gs_scale_range)
+            self.gs_head = DPTHead(
+                dim_in, output_dim=self.gs_adapter.num_raw_channels + 1, activation="linear",
+                conf_activation="sigmoid", intermediate_layer_idx=range(4), rectified_skip=False, token_norm=False,
+                image_merger=True, **head_kw,
+            )  # fmt: skip
         self.shared_tensor_aliases = SHARED_TENSOR_ALIASES  # read by checkpoint.load_state_dict_strict
         # the official net consumes normalised images (its API normalises); ours takes [0, 1] like every family
         self.register_buffer("_image_mean", torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1), persistent=False)
@@ -251,21 +235,20 @@ class DepthAnything3(nn.Module):
             ref_view_strategy: default `config.ref_view_strategy`.
             images_normalized: the images are already ImageNet-normalised (what the official net consumes).
             dense_frames: views whose depth is decoded (default all; returned as `dense_frames`); cameras: all views.
-            infer_gs: also predict 3-D Gaussians (giant's `gs_head`): raises NotImplementedError, see
-                GAUSSIAN_HEAD_UNSPECIFIED.
+            infer_gs: also predict world-space 3-D Gaussians (giant's `gs_head` + `gs_adapter`), from the predicted
+                depth and cameras, for the decoded views: `gaussians` (a `Gaussians`, N = S'·H·W per batch item).
             return_intermediates: add `ray`, `ray_conf`, `pose_enc`, `ref_view_index`, `backbone_features`.
 
         Returns:
             depth / depth_conf [B, S, H, W], extrinsics [B, S, 3, 4] world-to-camera, intrinsics [B, S, 3, 3],
-            aux {"feat_layer_<i>": [B, S, h, w, C]}; all in the input view order (except aux, see the backbone).
+            aux {"feat_layer_<i>": [B, S, h, w, C]}; all in the input view order (except aux, see the backbone);
+            gaussians with infer_gs.
         """
         if images.dim() == 4:
             images = images.unsqueeze(0)
         H, W = images.shape[-2:]
         if infer_gs and self.gs_head is None:
             raise ValueError("DA3 infer_gs: this configuration has no Gaussian head (only da3-giant has one)")
-        if infer_gs:  # before the backbone: fail at once, not after a forward pass
-            raise NotImplementedError(GAUSSIAN_HEAD_UNSPECIFIED)
         if not images_normalized:
             images = (images - self._image_mean) / self._image_std
         cam_tokens = None
@@ -283,6 +266,9 @@ class DepthAnything3(nn.Module):
             dense = self.head(features, (H, W))
             pose_enc = self.cam_dec(backbone.taps[-1][1].float())
             cam_from_world, intrinsics_out = da3_pose_encoding_to_extri_intri(pose_enc, (H, W))
+            if infer_gs:
+                gaussians = self._gaussians(features, images, dense["depth"], cam_from_world, intrinsics_out,
+                                            dense_frames)  # fmt: skip
         out = {
             "depth": dense["depth"],
             "depth_conf": dense["depth_conf"],
@@ -292,11 +278,21 @@ class DepthAnything3(nn.Module):
         }
         if dense_frames is not None:
             out["dense_frames"] = dense_frames
+        if infer_gs:
+            out["gaussians"] = gaussians
         if return_intermediates:
             out.update(ray=dense["ray"], ray_conf=dense["ray_conf"], pose_enc=pose_enc, cam_tokens=cam_tokens,
                        ref_view_index=backbone.ref_view_index, backbone_features=backbone.taps,
                        last_block_tokens=backbone.last_tokens)  # fmt: skip
         return out
+
+    def _gaussians(self, features, images, depth, cam_from_world, intrinsics, dense_frames) -> Gaussians:
+        """GS head on the tap features and the normalised images, then the adapter with the *predicted* cameras
+        (official: even when poses are given, since the depth lives in the model's camera frame)."""
+        if dense_frames is not None:
+            images, cam_from_world, intrinsics = (t[:, dense_frames] for t in (images, cam_from_world, intrinsics))
+        raw, opacity = self.gs_head(features, images.shape[-2:], 0, images=images.float())
+        return self.gs_adapter(raw, opacity, depth, cam_from_world, intrinsics)
 
 
 def da3_pose_encoding_to_extri_intri(pose_enc: torch.Tensor, image_hw: tuple[int, int]):

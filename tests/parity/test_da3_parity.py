@@ -20,11 +20,8 @@ from tests.parity.compare import assert_close
 FIXTURES = ("da3_tiny", "da3_tiny_giant")
 # README: the RANSAC ray-pose run is informational (torch-RNG dependent), not a parity target.
 INFORMATIONAL_CASES = {"s3_raypose_seed0"}
-# da3_tiny_giant `s1small_gs` stores Gaussians from the GS head + GaussianAdapter, whose forward reference_da3.md §6
-# does not specify precisely enough to rebuild (the gaps: models/da3.py above DA3Config); the model raises
-# NotImplementedError for infer_gs (tested below).
-NOT_IMPLEMENTED = {"gaussians.means", "gaussians.scales", "gaussians.rotations", "gaussians.harmonics",
-                   "gaussians.opacities"}  # fmt: skip
+# da3_tiny_giant `s1small_gs` (infer_gs=True): the GS head + GaussianAdapter outputs
+GAUSSIAN_FIELDS = ("means", "scales", "rotations", "harmonics", "opacities")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -52,8 +49,6 @@ def case_call(cfg: dict, inputs: dict, case: str) -> tuple[torch.Tensor, dict]:
             kwargs[key] = inputs[value]
         elif key == "export_feat_layers":
             kwargs[key] = tuple(value)
-        elif key == "infer_gs":
-            continue  # Gaussians: see NOT_IMPLEMENTED
         else:
             kwargs[key] = value
     return inputs[spec["input"]], kwargs
@@ -75,6 +70,8 @@ def our_outputs(model, images: torch.Tensor, kwargs: dict) -> dict[str, torch.Te
     for k, (features, camera_token) in enumerate(out["backbone_features"]):
         ours[f"tap.backbone_feat{k}.patch_tokens"] = features
         ours[f"tap.backbone_feat{k}.camera_token"] = camera_token
+    if "gaussians" in out:
+        ours.update({f"gaussians.{name}": getattr(out["gaussians"], name) for name in GAUSSIAN_FIELDS})
     return ours
 
 
@@ -89,11 +86,9 @@ def test_every_case_and_stored_tensor_matches(tiny):
         stored = {k[len(case) + 1 :]: v for k, v in outputs.items() if k.startswith(case + ".")}
         assert stored, case
         for name, ref in stored.items():
-            if name in NOT_IMPLEMENTED:
-                continue
             assert_close(f"{fixture}.{case}.{name}", ours.get(name), ref)
             compared += 1
-    assert compared == (47 if fixture == "da3_tiny" else 33)  # all stored tensors but the Gaussians
+    assert compared == (47 if fixture == "da3_tiny" else 38)  # every stored tensor, the 5 Gaussian ones included
 
 
 def test_reference_view_index_and_restored_order(tiny):
@@ -106,14 +101,28 @@ def test_reference_view_index_and_restored_order(tiny):
     assert_close("depth in input order", out["depth"], outputs["s3.depth"])
 
 
-def test_gaussians_are_declared_not_implemented():
-    model, cfg = build_tiny("da3_tiny_giant")
-    stored = {k.split(".", 1)[1] for k in load_file(fixture_path("da3_tiny_giant", "outputs.safetensors"))
-              if k.startswith("s1small_gs.gaussians.")}  # fmt: skip
-    assert stored == NOT_IMPLEMENTED
+def test_gaussians_match_and_the_gs_keys_load_strictly():
+    model, _ = build_tiny("da3_tiny_giant")
+    state = load_file(fixture_path("da3_tiny_giant", "weights.safetensors"))
+    gs_keys = {k.removeprefix("model.") for k in state if k.startswith("model.gs_head.")}
+    assert gs_keys and gs_keys <= set(model.state_dict())  # strict load (build_tiny) consumed them
+    assert not any(k.startswith("gs_adapter.") for k in model.state_dict())  # parameter-free, as released
+    outputs = load_file(fixture_path("da3_tiny_giant", "outputs.safetensors"))
     images = load_file(fixture_path("da3_tiny_giant", "inputs.safetensors"))["imgs_s1_small"]
-    with pytest.raises(NotImplementedError, match=r"Gaussian head .* not implemented: reference_da3.md §6"):
-        model(images, images_normalized=True, infer_gs=True)
+    with torch.no_grad():
+        out = model(images, images_normalized=True, infer_gs=True)
+    for name in GAUSSIAN_FIELDS:
+        assert_close(name, getattr(out["gaussians"], name), outputs[f"s1small_gs.gaussians.{name}"])
+    assert_close("depth beside the Gaussians", out["depth"], outputs["s1small_gs.depth"])
+    # decoding one view of two gives exactly that view's Gaussians of the full run (per-view head and adapter)
+    pair = torch.cat([images, images.flip(-1)], dim=1)
+    with torch.no_grad():
+        full = model(pair, images_normalized=True, infer_gs=True)["gaussians"]
+        second = model(pair, images_normalized=True, infer_gs=True, dense_frames=torch.tensor([1]))["gaussians"]
+    num = 42 * 56
+    assert full.means.shape == (1, 2 * num, 3) and second.means.shape == (1, num, 3)
+    for name in GAUSSIAN_FIELDS:
+        assert_close(f"view 1 {name}", getattr(second, name), getattr(full, name)[:, num:])
     no_gs, _ = build_tiny("da3_tiny")
     with pytest.raises(ValueError, match="no Gaussian head"):
         no_gs(images, images_normalized=True, infer_gs=True)

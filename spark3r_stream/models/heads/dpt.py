@@ -1,9 +1,9 @@
 """DPT heads: per-frame dense prediction (depth, points, confidence, or features) from four token layers.
 
 `DPTHead` matches facebookresearch/vggt@44b3afb vggt/heads/dpt_head.py (reference_vggt.md §8); keys `projects`,
-`resize_layers`, `scratch.*` as released. Configured with `rectified_skip=False, token_norm=False, image_merger=True`
-it has the key layout of DA3's Gaussian head `GSDPT`. `DualDPTHead`, beside it, is DA3's two-branch head
-(ByteDance-Seed/Depth-Anything-3@2c21ea8 model/dualdpt.py, reference_da3.md §5.1) built from the same blocks.
+`resize_layers`, `scratch.*` as released. Configured with `rectified_skip=False, token_norm=False, image_merger=True,
+conf_activation="sigmoid"` it is DA3's Gaussian head `GSDPT` (ByteDance-Seed/Depth-Anything-3@2c21ea8 model/gsdpt.py).
+`DualDPTHead`, beside it, is DA3's two-branch head (model/dualdpt.py, reference_da3.md §5.1) built from the same blocks.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
         return x
     if activation == "relu":
         return F.relu(x)
+    if activation == "sigmoid":
+        return torch.sigmoid(x)
     raise ValueError(f"unknown activation {activation!r}")
 
 
@@ -179,7 +181,8 @@ class DPTHead(nn.Module):
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, 1, **kw) for c in out_channels)
         self.resize_layers = resize_layers(out_channels, **kw)
         self.scratch = Scratch(out_channels, features, output_dim, feature_only, rectified_skip=rectified_skip, **kw)
-        # DA3 GSDPT: 3 convs (GELU between) on the normalised images, added to the upsampled map (official key)
+        # DA3 GSDPT: 3 convs, each followed by a GELU, on the network's (normalised) input images; added to the
+        # upsampled map before its UV embedding (official key)
         self.images_merger = (
             nn.Sequential(
                 nn.Conv2d(3, features // 8, 3, padding=1, **kw),
@@ -187,6 +190,7 @@ class DPTHead(nn.Module):
                 nn.Conv2d(features // 8, features // 4, 3, padding=1, **kw),
                 nn.GELU(),
                 nn.Conv2d(features // 4, features // 2, 3, padding=1, **kw),
+                nn.GELU(),
             )
             if image_merger
             else None
@@ -198,6 +202,7 @@ class DPTHead(nn.Module):
         image_hw: tuple[int, int],
         patch_start_idx: int,
         frames: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Dense prediction per frame.
 
@@ -205,15 +210,13 @@ class DPTHead(nn.Module):
             tokens: layer outputs [B, S, P, C] indexed by layer (entries the head does not read may be None).
             image_hw: (H, W) of the network input.
             frames: optional long index of the frames to decode (the others are skipped: dense output is per frame).
+            images: the network's input images [B, S', 3, H, W] (the frames decoded); needed with the images merger.
 
         Returns:
             (value [B, S', H, W, O-1], conf [B, S', H, W]), or features [B, S', C', H', W'] if feature_only.
         """
-        if self.images_merger is not None:
-            raise NotImplementedError(
-                "DA3 Gaussian head: the module tree loads strictly, but its forward (images merger + Gaussian "
-                "adapter) is not implemented; reference_da3.md §6 does not specify it precisely enough for parity"
-            )
+        if (images is None) != (self.images_merger is None):
+            raise ValueError("DPT head: pass images exactly when the head has an images merger (DA3 GSDPT)")
         H, W = image_hw
         h, w = H // self.patch_size, W // self.patch_size
         levels = []
@@ -229,6 +232,8 @@ class DPTHead(nn.Module):
             levels.append(resize(x))
         out = self._fuse(levels)
         out = interpolate(out, (int(h * self.patch_size / self.down_ratio), int(w * self.patch_size / self.down_ratio)))
+        if images is not None:
+            out = out + self.images_merger(images.reshape(B * S, *images.shape[2:]))
         if self.pos_embed:
             out = add_position_embedding(out, W, H)
         if self.feature_only:
