@@ -15,8 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from spark3r_stream.models.heads import CameraDecoder, CameraEncoder, DPTHead, DualDPTHead
-from spark3r_stream.models.heads.gaussians import GaussianAdapter, Gaussians
+from spark3r_stream.models.heads import CameraDecoder, CameraEncoder, DPTHead, DualDPTHead, GaussianAdapter, Gaussians
 from spark3r_stream.models.layers import DinoVisionTransformer, TokenLayout, grid_positions
 from spark3r_stream.models.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from spark3r_stream.models.targets import ReductionTargets, map_sensitive_layers
