@@ -15,7 +15,7 @@ from torch import nn
 from spark3r_stream.errors import CheckpointError, ConfigError
 from spark3r_stream.models import da3, pi3, vggt
 from spark3r_stream.models.checkpoint import load_weights
-from spark3r_stream.models.targets import ReductionTargets
+from spark3r_stream.models.targets import ReductionTargets, load_schedule
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Weights:
 
     package_file: str | None = None  # relative to spark3r_stream/models/
     hf_hub_id: str | None = None
+    spark3r_schedule: str | None = None  # `spark3r probe` schedule measured on the shipped weights (relative path)
 
 
 @dataclass(frozen=True)
@@ -310,5 +311,11 @@ def model_from_official_config(family: str, config: dict, *, device: str | torch
 
 
 def reduction_targets_of(model: nn.Module) -> ReductionTargets:
-    """The ReductionTargets a model built here declares."""
-    return FAMILIES[model.family].reduction_targets(model.config)
+    """The ReductionTargets a model built here declares; a preset's shipped probe schedule sets its sensitive layers."""
+    targets = FAMILIES[model.family].reduction_targets(model.config)
+    preset = PRESETS.get(getattr(model, "preset_name", ""))
+    if preset is not None and preset.weights.spark3r_schedule is not None:
+        path = Path(str(resources.files("spark3r_stream.models") / preset.weights.spark3r_schedule))
+        layers = tuple(load_schedule(path)["sensitive_layers"])
+        targets = dataclasses.replace(targets, sensitive_layers=layers)
+    return targets

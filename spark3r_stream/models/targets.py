@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spark3r_stream.errors import ConfigError
+
+SCHEDULE_FORMAT = "spark3r-schedule"  # `probe` output: {"format": ..., "version": 1, "sensitive_layers": [...], ...}
 
 
 @dataclass(frozen=True)
@@ -25,3 +32,20 @@ def map_sensitive_layers(paper_layers: range, paper_depth: int, depth: int) -> t
     lo = round(paper_layers.start * depth / paper_depth)
     hi = round(paper_layers.stop * depth / paper_depth)
     return tuple(range(lo, max(hi, lo + 1)))
+
+
+def load_schedule(path: str | Path) -> dict[str, Any]:
+    """Read a `spark3r probe` schedule file (JSON) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"spark3r probe_file {path}: file not found")
+    try:
+        schedule = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"spark3r probe_file {path}: not JSON ({error})") from None
+    if not isinstance(schedule, dict) or schedule.get("format") != SCHEDULE_FORMAT:
+        raise ConfigError(f"spark3r probe_file {path}: not a {SCHEDULE_FORMAT} file (written by `spark3r probe`)")
+    layers = schedule.get("sensitive_layers")
+    if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
+        raise ConfigError(f"spark3r probe_file {path}: sensitive_layers must be a list of ints, got {layers!r}")
+    return schedule

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -12,9 +11,7 @@ from typing import Any, Literal
 from spark3r_stream.config import check_field, load_config
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.models.layers.attention import TokenLayout
-from spark3r_stream.models.targets import ReductionTargets
-
-SCHEDULE_FORMAT = "spark3r-schedule"  # `probe` output: {"format": ..., "version": 1, "sensitive_layers": [...], ...}
+from spark3r_stream.models.targets import ReductionTargets, load_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,23 +86,6 @@ def region_for(r_q: int, region_size: tuple[int, int] | None) -> tuple[int, int]
     if region_size is not None:
         return region_size
     return (2, 2) if r_q <= 4 else (4, math.ceil(r_q / 4))
-
-
-def load_schedule(path: str | Path) -> dict[str, Any]:
-    """Read a `spark3r probe` schedule file (JSON) and check its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"spark3r probe_file {path}: file not found")
-    try:
-        schedule = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"spark3r probe_file {path}: not JSON ({error})") from None
-    if not isinstance(schedule, dict) or schedule.get("format") != SCHEDULE_FORMAT:
-        raise ConfigError(f"spark3r probe_file {path}: not a {SCHEDULE_FORMAT} file (written by `spark3r probe`)")
-    layers = schedule.get("sensitive_layers")
-    if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
-        raise ConfigError(f"spark3r probe_file {path}: sensitive_layers must be a list of ints, got {layers!r}")
-    return schedule
 
 
 def resolve_sensitive_layers(config: Spark3RConfig, targets: ReductionTargets) -> tuple[int, ...]:

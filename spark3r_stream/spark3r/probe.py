@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from spark3r_stream.errors import InputError, Spark3RError
+from spark3r_stream.models.targets import SCHEDULE_FORMAT
 from spark3r_stream.spark3r.accelerate import accelerate, disable
-from spark3r_stream.spark3r.plan import SCHEDULE_FORMAT, Spark3RConfig
+from spark3r_stream.spark3r.plan import Spark3RConfig
 
 log = logging.getLogger(__name__)
 METRICS = {"ate": "ate_rmse_m", "rpe_t": "rpe_trans_rmse_m", "rpe_r": "rpe_rot_rmse_deg"}
