@@ -22,19 +22,24 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
-    from spark3r_stream.offline import InferOptions, run_inference
+def model_options(args: argparse.Namespace, **extra):
+    """The InferOptions of the model flags shared by `infer` and `eval` (--model, --weights, --spark3r, ...)."""
+    from spark3r_stream.offline import InferOptions
 
-    options = InferOptions(
+    return InferOptions(
         model=args.model,
         weights=args.weights,
         random_weights=args.random_weights,
         spark3r=args.spark3r,
-        spark3r_config=args.spark3r_config,
-        mode=args.mode,
         device=args.device,
-        save_rrd=not args.no_rrd,
+        **extra,
     )
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from spark3r_stream.offline import run_inference
+
+    options = model_options(args, spark3r_config=args.spark3r_config, mode=args.mode, save_rrd=not args.no_rrd)
     report = run_inference(args.inputs, Path(args.out), options)
     print(f"wrote {args.out} ({report['counters']['frames']} frames, forward {report['timings_ms']['forward']:.0f} ms)")
     return 0
@@ -69,15 +74,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from spark3r_stream.eval import format_markdown_table
     from spark3r_stream.eval.model_eval import QUALITY_COLUMNS, baseline_rows, evaluate_model, load_sequence, summarize
     from spark3r_stream.models.registry import get_preset
-    from spark3r_stream.offline import InferOptions, load_model, resolve_device
+    from spark3r_stream.offline import load_model, resolve_device
 
-    options = InferOptions(
-        model=args.model,
-        weights=args.weights,
-        random_weights=args.random_weights,
-        spark3r=args.spark3r,
-        device=args.device,
-    )
+    options = model_options(args)
     model = load_model(options, resolve_device(args.device))
     rows = []
     for spec in args.sequences:
