@@ -33,3 +33,16 @@ def test_synthetic_spec_loads_with_depth_and_constant_depth_baseline_is_scored()
     rows = baseline_rows(sequence)
     assert [r["method"] for r in rows] == ["identity", "constant-depth"]
     assert 0.0 < rows[1]["depth_abs_rel_median"] < 1.0
+
+
+def test_eval_command_writes_the_table_with_model_and_baselines(tmp_path, capsys):
+    import json
+
+    from spark3r_stream.cli import main
+
+    assert main(["eval", "synth:seed=900000,frames=4", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["vggt-tiny", "identity", "constant-depth"]
+    assert 0 < rows[0]["depth_abs_rel_median"] < 1 and rows[0]["ate_over_extent"] >= 0
+    table = (tmp_path / "eval.md").read_text()
+    assert "mean of 1" in table and "synth-900000-handheld-4" in table
