@@ -48,10 +48,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from spark3r_stream.train.trainer import TRAIN_PRESETS, train
+    from spark3r_stream.train.trainer import TRAIN_PRESETS, ship_weights, train
 
     if args.preset not in TRAIN_PRESETS:
         raise Spark3RError(f"train preset {args.preset!r}: unknown; choose one of {', '.join(TRAIN_PRESETS)}")
+    if args.ship:
+        target = ship_weights(Path(args.ship), args.preset)
+        print(f"shipped {args.ship} as {target} (float16)")
+        return 0
     overrides = {k: v for k, v in (("total_steps", args.steps), ("out_dir", args.out)) if v is not None}
     cfg = dataclasses.replace(TRAIN_PRESETS[args.preset], **overrides)
     state = train(cfg, resume=not args.fresh, max_minutes=args.minutes)
@@ -155,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="stop after this many minutes (resume later)")
     p.add_argument("--out", help="checkpoint folder (default: checkpoints/<preset>)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument(
+        "--ship", metavar="WEIGHTS", help="copy trained weights.safetensors into the package (float16), then exit"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("synth", help="synthetic sequences with ground truth")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from spark3r_stream.errors import ConfigError
 from spark3r_stream.models import build_model, load_weights
 from spark3r_stream.models.registry import get_preset, packaged_weights_path
 from spark3r_stream.train.data import ScenePool, make_batch
@@ -111,6 +112,21 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+
+
+def ship_weights(weights: Path, preset: str) -> Path:
+    """Copy trained weights into the package as the preset's shipped file, in float16 (half the size; they load into
+    float32 parameters), keeping the training step in the metadata so training can resume from them."""
+    target = packaged_weights_path(get_preset(preset))
+    if target is None:
+        raise ConfigError(f"preset {preset!r} ships no weights")
+    from safetensors.torch import load_file
+
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    step = json.loads(safe_open_metadata(weights).get("step", "0"))
+    metadata = {"step": step, "preset": preset, "storage": "float16 (loaded into float32 parameters)"}
+    save_file(state, str(target), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    return target
 
 
 def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = None) -> Path:

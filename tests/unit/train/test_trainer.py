@@ -90,3 +90,24 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert torch.load(state_path, weights_only=True)["step"] == 3
     log = [json.loads(line) for line in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["total"]) for r in log)
+
+
+def test_ship_weights_stores_float16_with_the_step(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from spark3r_stream.models import build_model
+    from spark3r_stream.train import trainer
+
+    model = build_model("vggt-tiny", random_weights=True)
+    trainer.save_weights(model, tmp_path / "weights.safetensors", {"step": 7, "preset": "vggt-tiny"})
+    target = tmp_path / "pkg" / "vggt-tiny.safetensors"
+    target.parent.mkdir()
+    monkeypatch.setattr(trainer, "packaged_weights_path", lambda preset: target)
+    assert trainer.ship_weights(tmp_path / "weights.safetensors", "vggt-tiny") == target
+    with safe_open(str(target), "pt") as handle:
+        assert json.loads(handle.metadata()["step"]) == 7
+        assert handle.get_tensor("camera_head.embed_pose.weight").dtype == torch.float16
+    shipped = build_model("vggt-tiny", weights=target)
+    for name, value in shipped.state_dict().items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, model.state_dict()[name].half().float())
