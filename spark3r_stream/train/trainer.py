@@ -33,7 +33,8 @@ class Stage:
     """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step.
 
     `turn_deg` is the per-frame turn of the handheld scenes (a range: drawn per scene); the scene pool is re-rendered
-    when it changes. `camera_term_weights` weigh the camera loss's translation, quaternion and FoV terms.
+    when it changes. `camera_term_weights` weigh the camera loss's translation, quaternion and FoV terms;
+    `correspondence_weight`, if set, replaces the config's weight of the correspondence auxiliary.
     """
 
     start_step: int
@@ -42,6 +43,7 @@ class Stage:
     max_gap: int
     turn_deg: float | tuple[float, float] = 3.0
     camera_term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    correspondence_weight: float | None = None
 
 
 BIG_TURN = (1.0, 2.0, 0.5)  # camera term weights of phase 2: translation, quaternion, FoV
@@ -65,7 +67,17 @@ class TrainConfig:
         Stage(start_step=1_500, clip_len=4, num_clips=12, max_gap=2),
         # Phase 2 (sessions 3+): poses had not left identity at step 3,000. Pairs with clearly visible motion
         # (research/tiny_model_training.md study 2: 4-25 degrees), the quaternion term weighted up, then longer clips.
-        Stage(start_step=3_000, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
+        # Session 5: the correspondence loss had stayed above its no-motion baseline (no cross-view matching learned)
+        # with weight 1, so the pairs stage weighs it 4x.
+        Stage(
+            start_step=3_000,
+            clip_len=2,
+            num_clips=24,
+            max_gap=4,
+            turn_deg=(2.0, 8.0),
+            camera_term_weights=BIG_TURN,
+            correspondence_weight=4.0,
+        ),
         Stage(start_step=4_500, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
         Stage(start_step=5_400, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0), camera_term_weights=BIG_TURN),
     )
@@ -220,7 +232,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 cfg.camera_weight * losses["camera"]
                 + cfg.depth_weight * losses["depth"]
                 + cfg.points_weight * losses["points"]
-                + cfg.correspondence_weight * losses["correspondence"]
+                + (cfg.correspondence_weight if stage.correspondence_weight is None else stage.correspondence_weight)
+                * losses["correspondence"]
             )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
