@@ -56,7 +56,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         target = ship_weights(Path(args.ship), args.preset)
         print(f"shipped {args.ship} as {target} (float16)")
         return 0
-    overrides = {k: v for k, v in (("total_steps", args.steps), ("out_dir", args.out)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("total_steps", args.steps), ("out_dir", args.out), ("num_threads", args.threads))
+        if v is not None
+    }
     cfg = dataclasses.replace(TRAIN_PRESETS[args.preset], **overrides)
     state = train(cfg, resume=not args.fresh, max_minutes=args.minutes)
     print(f"training state in {state}; weights in {state.parent / 'weights.safetensors'}")
@@ -159,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="stop after this many minutes (resume later)")
     p.add_argument("--out", help="checkpoint folder (default: checkpoints/<preset>)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--threads", type=int, help="torch threads (default: the preset's, 2)")
     p.add_argument(
         "--ship", metavar="WEIGHTS", help="copy trained weights.safetensors into the package (float16), then exit"
     )
