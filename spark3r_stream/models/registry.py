@@ -195,7 +195,9 @@ PRESETS: dict[str, Preset] = {
             dpt_layers=(0, 1, 2, 3),
             enable_track=False,
         ),
-        weights=Weights(package_file="weights/vggt-tiny.safetensors"),
+        weights=Weights(
+            package_file="weights/vggt-tiny.safetensors", spark3r_schedule="weights/vggt-tiny.spark3r.json"
+        ),
         input_size=112,
     ),
     "pi3": Preset(family="pi3", config=pi3.Pi3Config(), weights=Weights(hf_hub_id="yyfz233/Pi3")),

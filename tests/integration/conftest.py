@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_DEADLINE_S = 240  # a whole short pipeline run on 2 shared cores (the demo's target is 300 s for 150 frames)
-RANDOM = "reconstruction.random_weights=true"  # until the shipped vggt-tiny weights land, tests use random weights
+RANDOM = "reconstruction.random_weights=true"  # for runs whose checks do not depend on the weights (faults)
 
 
 def spark3r(*args: str, timeout: float = RUN_DEADLINE_S) -> subprocess.CompletedProcess[str]:

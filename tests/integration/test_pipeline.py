@@ -13,21 +13,22 @@ from spark3r_stream.eval.trajectory import read_tum
 from spark3r_stream.sources import open_source
 from spark3r_stream.viz.rerun_logger import recorded_entity_paths
 from tests.conftest import fixture_path
-from tests.integration.conftest import RANDOM, read_report, spark3r, tum_rows
+from tests.integration.conftest import read_report, spark3r, tum_rows
 
 pytestmark = pytest.mark.integration
 
 NUM_FRAMES = 40
-# With random weights the poses are noise, so the bound is the one any estimate must beat: after Sim(3) alignment
-# the ATE of a degenerate estimate (all cameras at one point) is the RMS distance of the GT centres from their
-# mean, below half the trajectory extent. A trained model must do far better (bench_pipeline reports it).
-ATE_OVER_EXTENT_BOUND_RANDOM = 0.5
+# The bound any estimate must beat: after Sim(3) alignment the ATE of a degenerate estimate (all cameras at one
+# point) is the RMS distance of the GT centres from their mean, below half the trajectory extent. The shipped
+# vggt-tiny has not learned rotations yet (its model card), so the test holds it to that bound, not a tighter one;
+# bench_pipeline reports the measured ATE.
+ATE_OVER_EXTENT_BOUND = 0.5
 
 
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    result = spark3r("launch", "demo", "--out", str(out), "--set", f"capture.frames={NUM_FRAMES}", "--set", RANDOM)
+    result = spark3r("launch", "demo", "--out", str(out), "--set", f"capture.frames={NUM_FRAMES}")  # shipped vggt-tiny
     return out, result
 
 
@@ -74,7 +75,7 @@ def test_trajectory_is_scored_against_ground_truth(synth_run):
     out, _ = synth_run
     metrics = read_report(out)["trajectory"]["all_frames"]
     assert metrics["num_poses"] == NUM_FRAMES
-    assert metrics["ate_over_extent"] < ATE_OVER_EXTENT_BOUND_RANDOM
+    assert metrics["ate_over_extent"] < ATE_OVER_EXTENT_BOUND
 
 
 def test_recording_reads_back_with_the_expected_entities(synth_run):
@@ -98,9 +99,7 @@ def test_tum_folder_replay(tmp_path):
         "--set",
         f"capture.path={folder}",
         "--set",
-        "keyframes.selector.max_interval=1",
-        "--set",
-        RANDOM,  # every frame a keyframe: 5 posed
+        "keyframes.selector.max_interval=1",  # every frame a keyframe: 5 posed
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = read_report(out)
