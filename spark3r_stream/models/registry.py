@@ -313,10 +313,14 @@ def model_from_official_config(family: str, config: dict, *, device: str | torch
 
 
 def reduction_targets_of(model: nn.Module) -> ReductionTargets:
-    """The ReductionTargets a model built here declares; a preset's shipped probe schedule sets its sensitive layers."""
+    """The ReductionTargets a model built here declares; a preset's shipped probe schedule sets its sensitive layers.
+
+    The schedule was measured on the preset's own configuration: a model built with other sizes keeps the declared
+    (paper-mapped) layers.
+    """
     targets = FAMILIES[model.family].reduction_targets(model.config)
     preset = PRESETS.get(getattr(model, "preset_name", ""))
-    if preset is not None and preset.weights.spark3r_schedule is not None:
+    if preset is not None and preset.weights.spark3r_schedule is not None and model.config == preset.config:
         path = Path(str(resources.files("spark3r_stream.models") / preset.weights.spark3r_schedule))
         layers = tuple(load_schedule(path)["sensitive_layers"])
         targets = dataclasses.replace(targets, sensitive_layers=layers)
