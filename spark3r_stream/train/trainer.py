@@ -68,7 +68,8 @@ class TrainConfig:
         # Phase 2 (sessions 3+): poses had not left identity at step 3,000. Pairs with clearly visible motion
         # (research/tiny_model_training.md study 2: 4-25 degrees), the quaternion term weighted up, then longer clips.
         # Session 5: the correspondence loss had stayed above its no-motion baseline (no cross-view matching learned)
-        # with weight 1, so the pairs stage weighs it 4x.
+        # with weight 1, so the pairs stage weighs it 4x. It did not help (model card: steps 3,750 and 6,000 did not beat
+        # the shipped step 3,000); kept so the recorded recipe is the one that was run.
         Stage(
             start_step=3_000,
             clip_len=2,
