@@ -79,7 +79,9 @@ def test_latest_wins_keeps_the_newest_and_counts_what_it_dropped(ctx, ipc_dir):
     camera = NodeLoop("camera", [ep("frames", "out", ipc_dir, kind="latest")], context=ctx, handle_signals=False)
     consumer.on(Frame, lambda f: got.append(f.frame_seq))
     with consumer, camera:
-        poll_until(camera, lambda: camera.send(frame(-1 % 256, (480, 640))) is True)  # first peer connection
+        warm_up = 255
+        poll_until(camera, lambda: camera.send(frame(warm_up, (480, 640))) is True)  # first peer connection
+        poll_until(consumer, lambda: warm_up in got)  # in flight until received; nothing else is queued to replace it
         got.clear()
         sent_before = camera.counters["sent.frame"]
         accepted = [i for i in range(num) if camera.send(frame(i, (480, 640))) is True]  # never blocks
