@@ -65,6 +65,43 @@ def evaluate_model(model: torch.nn.Module, sequence: GroundTruthSequence) -> dic
     return row
 
 
+def held_out_pair_errors(
+    model: torch.nn.Module, num_pairs: int = 48, first_seed: int = HELD_OUT_SEED_START + 500
+) -> dict[str, float]:
+    """Two-view pose probe on held-out pairs with clearly visible motion (the training curriculum's first stage).
+
+    Each pair: two frames 2-4 apart on a handheld path turning 2-8° per frame, in random order. Scores the relative
+    rotation error next to the identity guess (the true relative angle) and the angle between the predicted and true
+    translation directions (a guess that ignores the images scores ~90°). Fast enough to run on every checkpoint.
+    """
+    from spark3r_stream.models import predict
+    from spark3r_stream.synth import render_sequence
+
+    rng = np.random.default_rng(0)
+    size = model.config.img_size
+    rotation, identity, direction = [], [], []
+    for seed in range(first_seed, first_seed + num_pairs):
+        seq = render_sequence(seed, 14, height=size, width=size, step_m=0.12, turn_deg=float(rng.uniform(2, 8)))
+        gap = int(rng.integers(2, 5))
+        first = int(rng.integers(0, seq.num_frames - gap))
+        frames = [first, first + gap][:: 1 if rng.random() < 0.5 else -1]
+        images = torch.from_numpy(seq.images[frames]).permute(0, 3, 1, 2).float() / 255.0
+        est, gt = predict(model, images).world_from_cam, seq.world_from_cam[frames]
+        rotation.append(relative_rotation_errors_deg(est, gt)[0])
+        identity.append(relative_rotation_errors_deg(np.tile(np.eye(4), (2, 1, 1)), gt)[0])
+        # frame 1's centre seen from frame 0: the translation direction, free of the unknown scale
+        est_t = (np.linalg.inv(est[0]) @ est[1])[:3, 3]
+        gt_t = (np.linalg.inv(gt[0]) @ gt[1])[:3, 3]
+        cosine = est_t @ gt_t / max(np.linalg.norm(est_t) * np.linalg.norm(gt_t), 1e-12)
+        direction.append(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+    return {
+        "pairs": num_pairs,
+        "rotation_error_deg": float(np.mean(rotation)),
+        "identity_rotation_error_deg": float(np.mean(identity)),
+        "translation_direction_error_deg": float(np.mean(direction)),
+    }
+
+
 def static_trajectory_metrics(gt_world_from_cam: np.ndarray) -> dict[str, float]:
     """Metrics of a predictor that never moves: the best Sim(3) fit collapses it onto the mean camera centre."""
     centres = gt_world_from_cam[:, :3, 3]

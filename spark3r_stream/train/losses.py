@@ -11,19 +11,13 @@ from spark3r_stream.train.data import Batch
 CONF_ALPHA = 0.2  # VGGT's weight of -log(conf): keeps confidences from collapsing to 1
 
 
-def camera_loss(
-    pose_enc_list: list[torch.Tensor],
-    target: torch.Tensor,
-    gamma: float = 0.8,
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> torch.Tensor:
-    """L1 on translation, quaternion and FoV (`weights` of each) of every refinement iteration, later ones weighted more."""
+def camera_loss(pose_enc_list: list[torch.Tensor], target: torch.Tensor, gamma: float = 0.8) -> torch.Tensor:
+    """L1 on translation, quaternion and FoV of every refinement iteration, later ones weighted more."""
     n = len(pose_enc_list)
-    w_t, w_q, w_f = weights
     total = 0.0
     for i, pred in enumerate(pose_enc_list):
         err = (pred - target).abs()
-        terms = w_t * err[..., :3].mean() + w_q * err[..., 3:7].mean() + w_f * err[..., 7:].mean()
+        terms = err[..., :3].mean() + err[..., 3:7].mean() + err[..., 7:].mean()
         total = total + gamma ** (n - 1 - i) * terms
     return total
 

@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.models import build_model, load_weights
 from spark3r_stream.models.registry import get_preset, packaged_weights_path
-from spark3r_stream.train.data import ScenePool, make_batch
+from spark3r_stream.train.data import Batch, ScenePool, make_batch
+from spark3r_stream.train.init import adamw_param_groups, init_for_training
 from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, confident_regression, correspondence_loss
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class Stage:
     """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step.
 
     `turn_deg` is the per-frame turn of the handheld scenes (a range: drawn per scene); the scene pool is re-rendered
-    when it changes. `camera_term_weights` weigh the camera loss's translation, quaternion and FoV terms;
+    when it changes. `matching_only` trains the backbone on the correspondence auxiliary alone (the heads are not
+    run): cross-view matching forms first, before the camera loss can settle on the mean pose without it.
     `correspondence_weight`, if set, replaces the config's weight of the correspondence auxiliary.
     """
 
@@ -42,17 +44,14 @@ class Stage:
     num_clips: int
     max_gap: int
     turn_deg: float | tuple[float, float] = 3.0
-    camera_term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    matching_only: bool = False
     correspondence_weight: float | None = None
-
-
-BIG_TURN = (1.0, 2.0, 0.5)  # camera term weights of phase 2: translation, quaternion, FoV
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     preset: str = "vggt-tiny"
-    total_steps: int = 6_000
+    total_steps: int = 5_000
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -63,24 +62,12 @@ class TrainConfig:
     points_weight: float = 1.0
     correspondence_weight: float = 1.0
     curriculum: tuple[Stage, ...] = (
-        Stage(start_step=0, clip_len=2, num_clips=24, max_gap=3),
-        Stage(start_step=1_500, clip_len=4, num_clips=12, max_gap=2),
-        # Phase 2 (sessions 3+): poses had not left identity at step 3,000. Pairs with clearly visible motion
-        # (research/tiny_model_training.md study 2: 4-25 degrees), the quaternion term weighted up, then longer clips.
-        # Session 5: the correspondence loss had stayed above its no-motion baseline (no cross-view matching learned)
-        # with weight 1, so the pairs stage weighs it 4x. It did not help (model card: steps 3,750 and 6,000 did not beat
-        # the shipped step 3,000); kept so the recorded recipe is the one that was run.
-        Stage(
-            start_step=3_000,
-            clip_len=2,
-            num_clips=24,
-            max_gap=4,
-            turn_deg=(2.0, 8.0),
-            camera_term_weights=BIG_TURN,
-            correspondence_weight=4.0,
-        ),
-        Stage(start_step=4_500, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0), camera_term_weights=BIG_TURN),
-        Stage(start_step=5_400, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0), camera_term_weights=BIG_TURN),
+        # Pairs with clearly visible motion first (research/tiny_model_training.md study 2: 4-25 degrees), matching
+        # alone for the first steps, then longer clips once poses have left identity.
+        Stage(start_step=0, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0), matching_only=True),
+        Stage(start_step=2_000, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0)),
+        Stage(start_step=3_200, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0)),
+        Stage(start_step=4_200, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0)),
     )
     pool_size: int = 192
     pool_frames: int = 32
@@ -142,17 +129,43 @@ def ship_weights(weights: Path, preset: str) -> Path:
     return target
 
 
+def training_losses(
+    model: torch.nn.Module, aux: CorrespondenceHead, batch: Batch, stage: Stage, cfg: TrainConfig
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each loss term of `stage` and their weighted sum (heads in float32, as in the forward)."""
+    corr_weight = cfg.correspondence_weight if stage.correspondence_weight is None else stage.correspondence_weight
+    if stage.matching_only:
+        tokens, patch_start_idx = model.aggregator(batch.images, keep_layers={model.config.depth - 1})
+        losses = {"correspondence": correspondence_loss(aux(tokens[-1], patch_start_idx).float(), batch)}
+        return losses, corr_weight * losses["correspondence"]
+    out = model(batch.images, return_tokens=True)
+    pred_uv = aux(out["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
+    losses = {
+        "camera": camera_loss([p.float() for p in out["pose_enc_list"]], batch.pose_enc),
+        "depth": confident_regression(out["depth"][..., 0], out["depth_conf"], batch.depth, batch.valid),
+        "points": confident_regression(out["world_points"], out["world_points_conf"], batch.world_points, batch.valid),
+        "correspondence": correspondence_loss(pred_uv.float(), batch),
+    }
+    total = (
+        cfg.camera_weight * losses["camera"]
+        + cfg.depth_weight * losses["depth"]
+        + cfg.points_weight * losses["points"]
+        + corr_weight * losses["correspondence"]
+    )
+    return losses, total
+
+
 def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = None) -> Path:
     """Train (or resume) until `cfg.total_steps` or `max_minutes`; returns the state file path."""
     torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
-    model = build_model(cfg.preset, random_weights=True).train()
+    model = init_for_training(build_model(cfg.preset, random_weights=True)).train()
     grid = model.config.img_size // model.config.patch_size
     aux = CorrespondenceHead(2 * model.config.embed_dim, (grid, grid), model.config.patch_size)
     params = list(model.parameters()) + list(aux.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(adamw_param_groups([model, aux], cfg.weight_decay), lr=cfg.lr)
     step = warm_from = 0
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -215,27 +228,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 group["lr"] = learning_rate(cfg, step, warm_from)
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                out_dict = model(batch.images, return_tokens=True)
-                pred_uv = aux(out_dict["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
-            losses = {
-                "camera": camera_loss(
-                    [p.float() for p in out_dict["pose_enc_list"]], batch.pose_enc, weights=stage.camera_term_weights
-                ),
-                "depth": confident_regression(
-                    out_dict["depth"][..., 0], out_dict["depth_conf"], batch.depth, batch.valid
-                ),
-                "points": confident_regression(
-                    out_dict["world_points"], out_dict["world_points_conf"], batch.world_points, batch.valid
-                ),
-                "correspondence": correspondence_loss(pred_uv.float(), batch),
-            }
-            total = (
-                cfg.camera_weight * losses["camera"]
-                + cfg.depth_weight * losses["depth"]
-                + cfg.points_weight * losses["points"]
-                + (cfg.correspondence_weight if stage.correspondence_weight is None else stage.correspondence_weight)
-                * losses["correspondence"]
-            )
+                losses, total = training_losses(model, aux, batch, stage, cfg)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from spark3r_stream.eval.model_eval import baseline_rows, load_sequence, static_trajectory_metrics
 from spark3r_stream.geometry import se3_matrix
@@ -46,3 +48,18 @@ def test_eval_command_writes_the_table_with_model_and_baselines(tmp_path, capsys
     assert 0 < rows[0]["depth_abs_rel_median"] < 1 and rows[0]["ate_over_extent"] >= 0
     table = (tmp_path / "eval.md").read_text()
     assert "mean of 1" in table and "synth-900000-handheld-4" in table
+
+
+def test_pair_probe_scores_an_identity_camera_head_at_the_identity_baseline():
+    from spark3r_stream.eval.model_eval import held_out_pair_errors
+    from spark3r_stream.models import build_model
+
+    model = build_model("vggt-tiny", random_weights=True)
+    last = model.camera_head.pose_branch.fc2  # a constant update per refinement step: every camera at the origin
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1]) / model.camera_head.num_iterations)
+    errors = held_out_pair_errors(model, num_pairs=3)
+    assert errors["pairs"] == 3
+    assert errors["rotation_error_deg"] == pytest.approx(errors["identity_rotation_error_deg"], abs=1e-3)
+    assert errors["identity_rotation_error_deg"] > 2.0  # the probe's pairs move visibly

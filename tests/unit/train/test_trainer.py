@@ -11,7 +11,7 @@ from spark3r_stream.geometry import apply_transform, unproject_depth
 from spark3r_stream.models.pose_encoding import pose_encoding_to_extri_intri
 from spark3r_stream.synth import render_sequence
 from spark3r_stream.train.data import ScenePool, clip_targets, make_batch
-from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, correspondence_loss
+from spark3r_stream.train.losses import CorrespondenceHead, correspondence_loss
 from spark3r_stream.train.trainer import TRAIN_PRESETS, Stage, TrainConfig, learning_rate, stage_at, train
 
 
@@ -52,15 +52,6 @@ def test_correspondence_head_starts_from_no_motion():
     assert correspondence_loss(uv, batch).item() == 0.0
 
 
-def test_camera_loss_weights_each_term():
-    target = torch.zeros(1, 2, 9)
-    pred = target.clone()
-    pred[..., 3:7] = 1.0  # only the quaternion is off
-    base = camera_loss([pred], target)
-    assert camera_loss([pred], target, weights=(1.0, 2.0, 0.5)).item() == pytest.approx(2 * base.item())
-    assert camera_loss([pred], target, weights=(3.0, 0.0, 3.0)).item() == 0.0
-
-
 def test_schedule_warms_up_holds_and_decays():
     cfg = TrainConfig(total_steps=1000, lr=1e-3, warmup_steps=100, decay_fraction=0.25)
     assert learning_rate(cfg, 0) == pytest.approx(1e-5)
@@ -75,7 +66,10 @@ def test_training_checkpoints_and_resumes(tmp_path):
     cfg = TrainConfig(
         total_steps=2,
         warmup_steps=1,
-        curriculum=(Stage(start_step=0, clip_len=2, num_clips=1, max_gap=1),),
+        curriculum=(
+            Stage(start_step=0, clip_len=2, num_clips=1, max_gap=1, matching_only=True),
+            Stage(start_step=1, clip_len=2, num_clips=1, max_gap=1),
+        ),
         pool_size=1,
         pool_frames=3,
         checkpoint_every=1,
@@ -90,6 +84,7 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert torch.load(state_path, weights_only=True)["step"] == 3
     log = [json.loads(line) for line in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["total"]) for r in log)
+    assert "camera" not in log[0] and "camera" in log[1]  # the matching-only stage runs no heads
 
 
 def test_ship_weights_stores_float16_with_the_step(tmp_path, monkeypatch):
@@ -111,3 +106,34 @@ def test_ship_weights_stores_float16_with_the_step(tmp_path, monkeypatch):
     for name, value in shipped.state_dict().items():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, model.state_dict()[name].half().float())
+
+
+def test_init_for_training_ties_global_queries_to_keys_and_separates_frame_zero():
+    from spark3r_stream.models import build_model
+    from spark3r_stream.train.init import init_for_training
+
+    model = init_for_training(build_model("vggt-tiny", random_weights=True))
+    for block in model.aggregator.global_blocks:
+        weight, dim = block.attn.qkv.weight, block.attn.qkv.weight.shape[1]
+        torch.testing.assert_close(weight[dim : 2 * dim], weight[:dim])
+        assert not torch.equal(weight[2 * dim :], weight[:dim])  # values stay free
+    frame0, others = model.aggregator.camera_token[0]
+    assert (frame0 - others).abs().max() > 1e-3  # frame 0's camera token is not the others'
+    # frame blocks are not tied: only cross-view attention gets the matching prior
+    qkv = model.aggregator.frame_blocks[0].attn.qkv.weight
+    assert not torch.equal(qkv[: qkv.shape[1]], qkv[qkv.shape[1] : 2 * qkv.shape[1]])
+
+
+def test_weight_decay_skips_gammas_norms_biases_and_tokens():
+    from spark3r_stream.models import build_model
+    from spark3r_stream.train.init import adamw_param_groups
+
+    model = build_model("vggt-tiny", random_weights=True)
+    decay, no_decay = adamw_param_groups([model], 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    skipped = {id(p) for p in no_decay["params"]}
+    named = dict(model.named_parameters())
+    for name in ("aggregator.global_blocks.0.ls1.gamma", "aggregator.camera_token", "aggregator.patch_embed.pos_embed"):
+        assert id(named[name]) in skipped, name
+    assert id(named["aggregator.global_blocks.0.attn.qkv.weight"]) not in skipped
