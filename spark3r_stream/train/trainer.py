@@ -66,8 +66,8 @@ class TrainConfig:
         # alone for the first steps, then longer clips once poses have left identity.
         Stage(start_step=0, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0), matching_only=True),
         Stage(start_step=2_000, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0)),
-        Stage(start_step=3_200, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0)),
-        Stage(start_step=4_200, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0)),
+        Stage(start_step=3_800, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0)),
+        Stage(start_step=4_400, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0)),
     )
     pool_size: int = 192
     pool_frames: int = 32
