@@ -36,7 +36,6 @@ class Stage:
     `turn_deg` is the per-frame turn of the handheld scenes (a range: drawn per scene); the scene pool is re-rendered
     when it changes. `matching_only` trains the backbone on the correspondence auxiliary alone (the heads are not
     run): cross-view matching forms first, before the camera loss can settle on the mean pose without it.
-    `correspondence_weight`, if set, replaces the config's weight of the correspondence auxiliary.
     """
 
     start_step: int
@@ -45,7 +44,6 @@ class Stage:
     max_gap: int
     turn_deg: float | tuple[float, float] = 3.0
     matching_only: bool = False
-    correspondence_weight: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,11 +131,10 @@ def training_losses(
     model: torch.nn.Module, aux: CorrespondenceHead, batch: Batch, stage: Stage, cfg: TrainConfig
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each loss term of `stage` and their weighted sum (heads in float32, as in the forward)."""
-    corr_weight = cfg.correspondence_weight if stage.correspondence_weight is None else stage.correspondence_weight
     if stage.matching_only:
         tokens, patch_start_idx = model.aggregator(batch.images, keep_layers={model.config.depth - 1})
         losses = {"correspondence": correspondence_loss(aux(tokens[-1], patch_start_idx).float(), batch)}
-        return losses, corr_weight * losses["correspondence"]
+        return losses, cfg.correspondence_weight * losses["correspondence"]
     out = model(batch.images, return_tokens=True)
     pred_uv = aux(out["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
     losses = {
@@ -150,7 +147,7 @@ def training_losses(
         cfg.camera_weight * losses["camera"]
         + cfg.depth_weight * losses["depth"]
         + cfg.points_weight * losses["points"]
-        + corr_weight * losses["correspondence"]
+        + cfg.correspondence_weight * losses["correspondence"]
     )
     return losses, total
 
