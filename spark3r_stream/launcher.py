@@ -578,6 +578,12 @@ def summarize_run(out: str | Path) -> str:
             f"ATE (Sim(3)-aligned, every frame) vs ground truth: {ate['ate_rmse_m']:.4f} m RMSE "
             f"({100 * ate.get('ate_over_extent', float('nan')):.1f} % of the trajectory extent)"
         )
+    if ate.get("ate_constant_baseline_m") is not None:
+        lines.append(
+            f"  a constant trajectory (every camera at the mean ground-truth position) scores "
+            f"{ate['ate_constant_baseline_m']:.4f} m: the reconstruction's ATE is "
+            f"{ate['ate_rmse_m'] / max(ate['ate_constant_baseline_m'], 1e-12):.2f}x that"
+        )
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from spark3r_stream.eval.depth import depth_metrics
 from spark3r_stream.eval.sequence import evaluate_sequence
-from spark3r_stream.eval.trajectory import relative_rotation_errors_deg, trajectory_extent
+from spark3r_stream.eval.trajectory import constant_trajectory_ate, relative_rotation_errors_deg, trajectory_extent
 
 HELD_OUT_SEED_START = 900_000  # seeds the training never renders (spark3r_stream.train.data)
 
@@ -66,7 +66,7 @@ def evaluate_model(model: torch.nn.Module, sequence: GroundTruthSequence) -> dic
 
 
 def held_out_pair_errors(
-    model: torch.nn.Module, num_pairs: int = 48, first_seed: int = HELD_OUT_SEED_START + 500
+    model: torch.nn.Module, num_pairs: int = 160, first_seed: int = HELD_OUT_SEED_START + 500
 ) -> dict[str, float]:
     """Two-view pose probe on held-out pairs with clearly visible motion (the training curriculum's first stage).
 
@@ -104,8 +104,7 @@ def held_out_pair_errors(
 
 def static_trajectory_metrics(gt_world_from_cam: np.ndarray) -> dict[str, float]:
     """Metrics of a predictor that never moves: the best Sim(3) fit collapses it onto the mean camera centre."""
-    centres = gt_world_from_cam[:, :3, 3]
-    ate = float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1))))
+    ate = constant_trajectory_ate(gt_world_from_cam)
     identity = np.tile(np.eye(4), (len(gt_world_from_cam), 1, 1))
     extent = trajectory_extent(gt_world_from_cam)
     return {
@@ -161,10 +160,11 @@ def summarize(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
 
 def load_sequence(spec: str, input_size: int, max_frames: int | None = None) -> GroundTruthSequence:
     """A sequence to evaluate: `synth:seed=N,frames=S[,path=P]` (rendered with depth) or any source spec/folder
-    with ground-truth poses (TUM RGB-D, EuRoC, 7-Scenes; trajectory metrics only)."""
+    with ground-truth poses (TUM RGB-D, EuRoC, 7-Scenes); a TUM-style folder with depth.txt adds its depth maps."""
     from spark3r_stream.errors import SourceError
-    from spark3r_stream.models.preprocess import load_and_preprocess_images
-    from spark3r_stream.sources import open_source
+    from spark3r_stream.models.preprocess import load_and_preprocess_images, preprocess_depth
+    from spark3r_stream.sources import open_source, parse_spec
+    from spark3r_stream.sources.tum import read_tum_depth
 
     if spec.startswith("synth:"):
         from spark3r_stream.synth import render_sequence
@@ -186,4 +186,8 @@ def load_sequence(spec: str, input_size: int, max_frames: int | None = None) -> 
         raise SourceError(f"sequence {spec}: needs ground-truth poses for every frame to be evaluated")
     images = load_and_preprocess_images([f.image for f in frames], target_size=input_size)
     images_u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    return GroundTruthSequence(str(spec), images_u8, np.stack(poses), None, None)
+    kind, target, _ = parse_spec(spec)
+    depth = read_tum_depth(target, np.array([f.t_capture for f in frames])) if kind == "tum" else None
+    if depth is not None:
+        depth = preprocess_depth(depth, input_size)
+    return GroundTruthSequence(str(spec), images_u8, np.stack(poses), depth, None)

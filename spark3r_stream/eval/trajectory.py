@@ -233,6 +233,13 @@ def relative_rotation_errors_deg(est_world_from_cam: np.ndarray, gt_world_from_c
     return rotation_angle_deg(np.swapaxes(gt_relative, 1, 2) @ est_relative)
 
 
+def constant_trajectory_ate(gt_world_from_cam: np.ndarray) -> float:
+    """ATE RMSE of a trajectory that never moves: under any alignment its best fit is the mean ground-truth centre,
+    so this is the centres' spread around their mean. What an ATE must beat to show that anything was reconstructed."""
+    centres = np.asarray(gt_world_from_cam)[:, :3, 3]
+    return float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1))))
+
+
 def trajectory_metrics(
     est_world_from_cam: np.ndarray,
     gt_world_from_cam: np.ndarray,
@@ -251,6 +258,7 @@ def trajectory_metrics(
         "ate_mean_m": float(errors.mean()),
         "ate_max_m": float(errors.max()),
         "ate_over_extent": ate / extent if extent > 0 else float("nan"),
+        "ate_constant_baseline_m": constant_trajectory_ate(gt),
         "alignment_scale": float(np.cbrt(np.linalg.det(gt_from_est[:3, :3]))),
     }
     if len(est) > delta:

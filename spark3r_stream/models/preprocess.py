@@ -88,6 +88,20 @@ def preprocess_image(
     return tensor
 
 
+def preprocess_depth(depth: np.ndarray, target_size: int = 518, patch_size: int = 14) -> np.ndarray:
+    """Ground-truth depth [S, H, W] onto the pixels of VGGT's "crop" preprocessing (`preprocess_image`): the same
+    resize and centre crop, nearest-neighbour so that no depth is blended across an edge or with invalid zeros."""
+    import cv2
+
+    height, width = depth.shape[1:]
+    new_w, new_h = target_size, round(height * (target_size / width) / patch_size) * patch_size
+    out = np.stack([cv2.resize(d, (new_w, new_h), interpolation=cv2.INTER_NEAREST) for d in depth])
+    if new_h > target_size:
+        top = (new_h - target_size) // 2
+        out = out[:, top : top + target_size]
+    return out
+
+
 def stack_padded(images: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack [3, H, W] images; different sizes are padded white to the largest, centred (official behaviour)."""
     shapes = {tuple(t.shape[1:]) for t in images}

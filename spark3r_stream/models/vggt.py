@@ -42,6 +42,7 @@ class VGGTConfig:
     num_register_tokens: int = 4
     qk_norm: bool = True
     rope_freq: float = 100.0
+    global_rope: bool = True  # official VGGT: True; False leaves global attention position-free (vggt-tiny)
     init_values: float = 0.01
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     camera_trunk_depth: int = 4
@@ -98,7 +99,8 @@ class Aggregator(nn.Module):
         self.rope = RotaryEmbedding2D(cfg.rope_freq) if cfg.rope_freq > 0 else None
         block_kw = dict(mlp_ratio=cfg.mlp_ratio, init_values=cfg.init_values, qk_norm=cfg.qk_norm, rope=self.rope, **kw)
         self.frame_blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, **block_kw) for _ in range(cfg.depth))
-        self.global_blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, **block_kw) for _ in range(cfg.depth))
+        global_kw = block_kw | {"rope": self.rope if cfg.global_rope else None}
+        self.global_blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, **global_kw) for _ in range(cfg.depth))
         self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, cfg.embed_dim, **kw))
         self.register_token = nn.Parameter(torch.zeros(1, 2, cfg.num_register_tokens, cfg.embed_dim, **kw))
         self.register_buffer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -79,3 +80,40 @@ class TumSource(IndexedSource):
             for t, (_, name), pose in zip(times, rows, poses, strict=True)
         ]
         super().__init__(root, entries, options, info={"gt_file": str(gt_file) if gt_file.is_file() else None})
+
+
+TUM_DEPTH_SCALE = 5000.0  # TUM RGB-D's documented factor: 16-bit value / 5000 = metres
+
+
+def read_tum_depth(path: str | Path, times_s: np.ndarray) -> np.ndarray | None:
+    """Metric depth [S, H, W] (0 = invalid) of the frames at `times_s` from a TUM-style folder's depth.txt, each the
+    nearest depth image within MAX_GT_DIFFERENCE_S (all zeros where none is); None when the folder has no depth.txt.
+
+    The scale is intrinsics.json's `depth_scale` when given (SUN3D: 1000, millimetres), else TUM's 5000.
+    """
+    import cv2
+
+    from spark3r_stream.eval.trajectory import associate
+
+    root = Path(path)
+    index = root / "depth.txt"
+    if not index.is_file():
+        return None
+    rows = read_index(index, "TUM depth index")
+    scale = TUM_DEPTH_SCALE
+    if (root / "intrinsics.json").is_file():
+        scale = float(json.loads((root / "intrinsics.json").read_text()).get("depth_scale") or TUM_DEPTH_SCALE)
+    idx_frames, idx_depth = associate(
+        np.asarray(times_s, float), np.array([float(t) for t, _ in rows]), max_difference_s=MAX_GT_DIFFERENCE_S
+    )
+    maps: dict[int, np.ndarray] = {}
+    for i, j in zip(idx_frames, idx_depth, strict=True):
+        file = root / rows[int(j)][1]
+        raw = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+        if raw is None or raw.ndim != 2:
+            raise SourceError(f"TUM depth {file}: missing, unreadable or not a single-channel 16-bit image")
+        maps[int(i)] = raw.astype(np.float32) / scale
+    if not maps:
+        raise SourceError(f"TUM depth {index}: no depth image within {MAX_GT_DIFFERENCE_S} s of any frame")
+    shape = next(iter(maps.values())).shape
+    return np.stack([maps.get(i, np.zeros(shape, np.float32)) for i in range(len(times_s))])

@@ -41,10 +41,11 @@ class ScenePool:
         first_seed: int,
         step_m: float,
         turn_deg: float | tuple[float, float],
+        paths: tuple[str, ...] = ("handheld", "handheld", "orbit", "forward"),
         refresh_every: int = 48,
     ) -> None:
         self.frames, self.image_size = frames, image_size
-        self.step_m, self.turn_deg = step_m, turn_deg
+        self.step_m, self.turn_deg, self.paths = step_m, turn_deg, paths
         self.refresh_every = refresh_every
         self.rng = np.random.default_rng(first_seed)
         self.next_seed = first_seed
@@ -55,7 +56,7 @@ class ScenePool:
         seed = self.next_seed
         self.next_seed += 1
         assert seed < HELD_OUT_SEED_START, "training seeds must stay below the held-out range"
-        path = self.rng.choice(["handheld", "handheld", "orbit", "forward"])
+        path = self.rng.choice(self.paths)
         return render_sequence(
             seed,
             self.frames,
@@ -107,19 +108,60 @@ def clip_targets(seq: SyntheticSequence, frames: np.ndarray, patch_size: int = 1
     }
 
 
-def sample_clip_frames(rng: np.random.Generator, num_available: int, clip_len: int, max_gap: int) -> np.ndarray:
-    gap = int(rng.integers(1, max_gap + 1))
+def sample_clip_frames(
+    rng: np.random.Generator, num_available: int, clip_len: int, max_gap: int, min_gap: int = 1
+) -> np.ndarray:
+    gap = int(rng.integers(min_gap, max_gap + 1))
     gap = min(gap, max(1, (num_available - 1) // max(clip_len - 1, 1)))
     start = int(rng.integers(0, num_available - gap * (clip_len - 1)))
     frames = start + gap * np.arange(clip_len)
     return frames[::-1].copy() if rng.random() < 0.5 else frames  # random direction: no "always forward" prior
 
 
-def make_batch(pool: ScenePool, rng: np.random.Generator, num_clips: int, clip_len: int, max_gap: int) -> Batch:
+@dataclass(frozen=True)
+class MotionRange:
+    """Relative motion between a clip's first and last frame that a clip must show to be kept."""
+
+    min_deg: float = 0.0
+    max_deg: float = 180.0
+    min_m: float = 0.0
+    max_m: float = float("inf")
+
+    def admits(self, first_world_from_cam: np.ndarray, last_world_from_cam: np.ndarray) -> bool:
+        relative = invert_se3(first_world_from_cam) @ last_world_from_cam
+        angle = np.degrees(np.arccos(np.clip((np.trace(relative[:3, :3]) - 1) / 2, -1.0, 1.0)))
+        distance = float(np.linalg.norm(relative[:3, 3]))
+        return self.min_deg <= angle <= self.max_deg and self.min_m <= distance <= self.max_m
+
+
+def draw_clip(
+    pool: ScenePool,
+    rng: np.random.Generator,
+    clip_len: int,
+    gaps: tuple[int, int],
+    motion: MotionRange | None = None,
+    max_tries: int = 50,
+) -> tuple[SyntheticSequence, np.ndarray]:
+    """A clip from the pool, redrawn until its motion lies in `motion` (the last draw is kept after `max_tries`)."""
+    for _ in range(max_tries):
+        seq = pool.draw()
+        frames = sample_clip_frames(rng, seq.num_frames, clip_len, gaps[1], gaps[0])
+        if motion is None or motion.admits(seq.world_from_cam[frames[0]], seq.world_from_cam[frames[-1]]):
+            break
+    return seq, frames
+
+
+def make_batch(
+    pool: ScenePool,
+    rng: np.random.Generator,
+    num_clips: int,
+    clip_len: int,
+    gaps: tuple[int, int],
+    motion: MotionRange | None = None,
+) -> Batch:
     images, pose_enc, depth, points, valid, uv, visible = [], [], [], [], [], [], []
     for _ in range(num_clips):
-        seq = pool.draw()
-        frames = sample_clip_frames(rng, seq.num_frames, clip_len, max_gap)
+        seq, frames = draw_clip(pool, rng, clip_len, gaps, motion)
         t = clip_targets(seq, frames)
         H, W = t["depth"].shape[1:]
         K = torch.from_numpy(np.repeat(seq.intrinsics[None], clip_len, 0))

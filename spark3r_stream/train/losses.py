@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spark3r_stream.train.data import Batch
 
 CONF_ALPHA = 0.2  # VGGT's weight of -log(conf): keeps confidences from collapsing to 1
+IDENTITY_QUAT = (0.0, 0.0, 0.0, 1.0)  # the pose encoding's quaternion is (x, y, z, w)
 
 
 def camera_loss(pose_enc_list: list[torch.Tensor], target: torch.Tensor, gamma: float = 0.8) -> torch.Tensor:
-    """L1 on translation, quaternion and FoV of every refinement iteration, later ones weighted more."""
+    """L1 on translation, quaternion and FoV of every refinement iteration, later ones weighted more.
+
+    Divided by the sum of the iteration weights, so that a loss weight of 5 means 5 (not 5·Σγ ≈ 15 for 4 iterations).
+    """
     n = len(pose_enc_list)
+    weights = [gamma ** (n - 1 - i) for i in range(n)]
     total = 0.0
-    for i, pred in enumerate(pose_enc_list):
+    for weight, pred in zip(weights, pose_enc_list, strict=True):
         err = (pred - target).abs()
-        terms = err[..., :3].mean() + err[..., 3:7].mean() + err[..., 7:].mean()
-        total = total + gamma ** (n - 1 - i) * terms
-    return total
+        total = total + weight * (err[..., :3].mean() + err[..., 3:7].mean() + err[..., 7:].mean())
+    return total / sum(weights)
+
+
+def quaternion_errors(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quaternion L1 of `pred` [B, S, 9] and of the identity guess on frames 1.. (frame 0 is the identity anyway).
+
+    Their ratio is the training log's pose signal: 1 while the camera head ignores the images.
+    """
+    identity = torch.tensor(IDENTITY_QUAT, dtype=target.dtype, device=target.device)
+    quat = target[:, 1:, 3:7]
+    return (pred[:, 1:, 3:7] - quat).abs().mean(), (identity - quat).abs().mean()
 
 
 def confident_regression(
@@ -36,13 +49,16 @@ def confident_regression(
 class CorrespondenceHead(nn.Module):
     """Training-only auxiliary: each patch's pixel in frame 0 from its last-layer token (not part of the model).
 
-    Predicted as an offset from the patch's own centre, so "no motion" is the starting point and the loss only
-    rewards cross-view matching (an absolute position scored worse than that trivial guess in session 3).
+    LayerNorm + a small MLP (the aggregator's tokens are not normalised), predicting an offset from the patch's own
+    centre with a zero-initialised last layer, so "no motion" is the starting point and the loss only rewards
+    cross-view matching.
     """
 
-    def __init__(self, dim_in: int, grid_hw: tuple[int, int], patch_size: int) -> None:
+    def __init__(self, dim_in: int, grid_hw: tuple[int, int], patch_size: int, hidden: int = 256) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, 2)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
         h, w = grid_hw
         H, W = h * patch_size, w * patch_size
         ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -50,11 +66,22 @@ class CorrespondenceHead(nn.Module):
         self.register_buffer("centres", centres / torch.tensor([W - 1, H - 1]) * 2 - 1, persistent=False)
 
     def forward(self, tokens: torch.Tensor, patch_start_idx: int) -> torch.Tensor:
-        return self.centres + self.proj(tokens[:, :, patch_start_idx:])
+        """Tokens [B, S, P, C] -> each patch's predicted position in frame 0, [B, S, h*w, 2] in [-1, 1]."""
+        return self.centres + self.mlp(tokens[:, :, patch_start_idx:])
 
 
-def correspondence_loss(pred_uv: torch.Tensor, batch: Batch) -> torch.Tensor:
-    mask = batch.patch_visible
+def correspondence_errors(
+    pred_uv: torch.Tensor, batch: Batch, centres: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """|dx| + |dy| of the predicted positions in frame 0 and of the no-motion guess (each patch stays where it is).
+
+    Frames 1.. only: frame 0's patches map onto themselves, which would dilute the loss with a trivial part.
+    """
+    mask = batch.patch_visible[:, 1:]
     if not mask.any():
-        return pred_uv.sum() * 0.0
-    return F.l1_loss(pred_uv[mask], batch.patch_uv[mask])
+        zero = pred_uv.sum() * 0.0
+        return zero, zero.detach()
+    target = batch.patch_uv[:, 1:][mask]
+    error = (pred_uv[:, 1:][mask] - target).abs().sum(-1).mean()
+    no_motion = (centres.expand_as(batch.patch_uv)[:, 1:][mask] - target).abs().sum(-1).mean()
+    return error, no_motion

@@ -22,9 +22,15 @@ from safetensors.torch import save_file
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.models import build_model, load_weights
 from spark3r_stream.models.registry import get_preset, packaged_weights_path
-from spark3r_stream.train.data import Batch, ScenePool, make_batch
+from spark3r_stream.train.data import Batch, MotionRange, ScenePool, make_batch
 from spark3r_stream.train.init import adamw_param_groups, init_for_training
-from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, confident_regression, correspondence_loss
+from spark3r_stream.train.losses import (
+    CorrespondenceHead,
+    camera_loss,
+    confident_regression,
+    correspondence_errors,
+    quaternion_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,43 +39,113 @@ log = logging.getLogger(__name__)
 class Stage:
     """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step.
 
-    `turn_deg` is the per-frame turn of the handheld scenes (a range: drawn per scene); the scene pool is re-rendered
-    when it changes. `matching_only` trains the backbone on the correspondence auxiliary alone (the heads are not
-    run): cross-view matching forms first, before the camera loss can settle on the mean pose without it.
+    The scenes (`turn_deg` per frame on handheld paths, drawn per scene from a range; `step_m` per frame; `paths`)
+    are re-rendered when they change. `gaps` is the frame gap range inside a clip; `motion` keeps only clips whose
+    first-to-last motion lies in its range. `matching_only` trains the backbone on the correspondence auxiliary alone
+    (the heads are not run): cross-view matching forms first, before the camera loss can settle on the mean pose
+    without it. `freeze_backbone` trains the heads alone on a fixed aggregator. Every stage re-warms its peak `lr`.
     """
 
     start_step: int
     clip_len: int
     num_clips: int
-    max_gap: int
+    gaps: tuple[int, int] = (1, 4)
     turn_deg: float | tuple[float, float] = 3.0
+    step_m: float = 0.12
+    paths: tuple[str, ...] = ("handheld", "handheld", "orbit", "forward")
+    motion: MotionRange | None = None
     matching_only: bool = False
+    freeze_backbone: bool = False
+    lr: float = 1e-3
+    correspondence_weight: float = 1.0
+
+    @property
+    def scenes(self) -> tuple:
+        return (self.turn_deg, self.step_m, self.paths)
+
+
+# What the pose stages train on (research/tiny_model_training.md, study 2): visible motion, no forward paths.
+POSE_MOTION = MotionRange(min_deg=4.0, max_deg=25.0, min_m=0.15, max_m=0.7)
+POSE_PATHS = ("handheld", "handheld", "orbit")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     preset: str = "vggt-tiny"
-    total_steps: int = 5_000
-    lr: float = 1e-3
+    model_overrides: tuple[tuple[str, object], ...] = ()  # family-config fields, e.g. (("global_rope", False),)
+    tie_global_qk: bool = True
+    total_steps: int = 9_000
     weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95: moments follow a change of the loss set within ~20 steps
     warmup_steps: int = 100
     decay_fraction: float = 0.25  # cosine decay over the last quarter; constant peak before
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
     depth_weight: float = 1.0
     points_weight: float = 1.0
-    correspondence_weight: float = 1.0
     curriculum: tuple[Stage, ...] = (
-        # Pairs with clearly visible motion first (research/tiny_model_training.md study 2: 4-25 degrees), matching
-        # alone for the first steps, then longer clips once poses have left identity.
-        Stage(start_step=0, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0), matching_only=True),
-        Stage(start_step=2_000, clip_len=2, num_clips=24, max_gap=4, turn_deg=(2.0, 8.0)),
-        Stage(start_step=3_800, clip_len=4, num_clips=12, max_gap=3, turn_deg=(2.0, 8.0)),
-        Stage(start_step=4_400, clip_len=8, num_clips=6, max_gap=2, turn_deg=(2.0, 6.0)),
+        # Matching alone, with a motion curriculum: small displacements first, growing to the pose stages' motions.
+        Stage(
+            start_step=0, clip_len=2, num_clips=24, gaps=(1, 2), turn_deg=(1.0, 3.0), step_m=0.06, matching_only=True
+        ),
+        Stage(
+            start_step=600, clip_len=2, num_clips=24, gaps=(1, 3), turn_deg=(2.0, 6.0), step_m=0.1, matching_only=True
+        ),
+        Stage(
+            start_step=1_200,
+            clip_len=2,
+            num_clips=24,
+            gaps=(2, 4),
+            turn_deg=(2.0, 8.0),
+            paths=POSE_PATHS,
+            motion=POSE_MOTION,
+            matching_only=True,
+        ),
+        # The heads learn on the fixed backbone first, then everything, at a lower lr with matching kept on.
+        Stage(
+            start_step=2_500,
+            clip_len=2,
+            num_clips=24,
+            gaps=(2, 4),
+            turn_deg=(2.0, 8.0),
+            paths=POSE_PATHS,
+            motion=POSE_MOTION,
+            freeze_backbone=True,
+        ),
+        Stage(
+            start_step=3_000,
+            clip_len=2,
+            num_clips=24,
+            gaps=(2, 4),
+            turn_deg=(2.0, 8.0),
+            paths=POSE_PATHS,
+            motion=POSE_MOTION,
+            lr=3e-4,
+            correspondence_weight=2.0,
+        ),
+        # A model that only saw pairs does not do 16-frame windows: longer clips once pairs have left identity.
+        Stage(
+            start_step=5_000,
+            clip_len=4,
+            num_clips=12,
+            gaps=(1, 3),
+            turn_deg=(2.0, 8.0),
+            paths=POSE_PATHS,
+            lr=3e-4,
+            correspondence_weight=2.0,
+        ),
+        Stage(
+            start_step=7_000,
+            clip_len=8,
+            num_clips=6,
+            gaps=(1, 2),
+            turn_deg=(2.0, 6.0),
+            lr=3e-4,
+            correspondence_weight=2.0,
+        ),
     )
-    pool_size: int = 192
-    pool_frames: int = 32
-    step_m: float = 0.12
+    pool_size: int = 128
+    pool_frames: int = 24
     seed: int = 1
     checkpoint_every: int = 250
     log_every: int = 25
@@ -82,20 +158,23 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, TrainConfig] = {"vggt-tiny": TrainConfig()}
 
 
-def learning_rate(cfg: TrainConfig, step: int, warm_from: int = 0) -> float:
-    """Warm-up (again after a resume with a fresh optimizer, from `warm_from`), constant peak, cosine decay."""
-    total = cfg.schedule_total_steps or cfg.total_steps
-    if step - warm_from < cfg.warmup_steps:
-        return cfg.lr * (step - warm_from + 1) / cfg.warmup_steps
-    decay_start = int(total * (1 - cfg.decay_fraction))
-    if step < decay_start:
-        return cfg.lr
-    progress = min((step - decay_start) / max(total - decay_start, 1), 1.0)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def stage_at(cfg: TrainConfig, step: int) -> Stage:
     return [s for s in cfg.curriculum if s.start_step <= step][-1]
+
+
+def learning_rate(cfg: TrainConfig, step: int, warm_from: int = 0) -> float:
+    """The stage's peak lr, warmed up again at each stage start (and after a resume with a fresh optimizer, from
+    `warm_from`), cosine decay over the last `decay_fraction` of the schedule."""
+    stage = stage_at(cfg, step)
+    since = step - max(stage.start_step, warm_from)
+    if since < cfg.warmup_steps:
+        return stage.lr * (since + 1) / cfg.warmup_steps
+    total = cfg.schedule_total_steps or cfg.total_steps
+    decay_start = int(total * (1 - cfg.decay_fraction))
+    if step < decay_start:
+        return stage.lr
+    progress = min((step - decay_start) / max(total - decay_start, 1), 1.0)
+    return stage.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def safe_open_metadata(path: Path) -> dict[str, str]:
@@ -130,26 +209,42 @@ def ship_weights(weights: Path, preset: str) -> Path:
 def training_losses(
     model: torch.nn.Module, aux: CorrespondenceHead, batch: Batch, stage: Stage, cfg: TrainConfig
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Each loss term of `stage` and their weighted sum (heads in float32, as in the forward)."""
+    """Each loss term of `stage`, their weighted sum, and the log's reference values (`no_motion`: the
+    correspondence error of "every patch stays put"; `quat`/`quat_identity`: the last iteration's quaternion L1 and
+    the identity guess's). Heads in float32, as in the forward."""
     if stage.matching_only:
         tokens, patch_start_idx = model.aggregator(batch.images, keep_layers={model.config.depth - 1})
-        losses = {"correspondence": correspondence_loss(aux(tokens[-1], patch_start_idx).float(), batch)}
-        return losses, cfg.correspondence_weight * losses["correspondence"]
+        error, no_motion = correspondence_errors(aux(tokens[-1], patch_start_idx).float(), batch, aux.centres)
+        return {"correspondence": error, "no_motion": no_motion}, stage.correspondence_weight * error
     out = model(batch.images, return_tokens=True)
     pred_uv = aux(out["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
+    pose_enc_list = [p.float() for p in out["pose_enc_list"]]
+    error, no_motion = correspondence_errors(pred_uv.float(), batch, aux.centres)
+    quat, quat_identity = quaternion_errors(pose_enc_list[-1].detach(), batch.pose_enc)
     losses = {
-        "camera": camera_loss([p.float() for p in out["pose_enc_list"]], batch.pose_enc),
+        "camera": camera_loss(pose_enc_list, batch.pose_enc),
         "depth": confident_regression(out["depth"][..., 0], out["depth_conf"], batch.depth, batch.valid),
         "points": confident_regression(out["world_points"], out["world_points_conf"], batch.world_points, batch.valid),
-        "correspondence": correspondence_loss(pred_uv.float(), batch),
+        "correspondence": error,
     }
     total = (
         cfg.camera_weight * losses["camera"]
         + cfg.depth_weight * losses["depth"]
         + cfg.points_weight * losses["points"]
-        + cfg.correspondence_weight * losses["correspondence"]
+        + stage.correspondence_weight * error
     )
-    return losses, total
+    return losses | {"no_motion": no_motion, "quat": quat, "quat_identity": quat_identity}, total
+
+
+def ratios(running: dict[str, float]) -> dict[str, float]:
+    """What says whether the model sees motion: correspondence error ÷ no-motion guess's, quaternion L1 ÷ identity's
+    (both 1.0 for a model that ignores the other view)."""
+    out = {}
+    if running.get("no_motion"):
+        out["corr_ratio"] = running["correspondence"] / running["no_motion"]
+    if running.get("quat_identity"):
+        out["quat_ratio"] = running["quat"] / running["quat_identity"]
+    return out
 
 
 def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = None) -> Path:
@@ -158,11 +253,12 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
-    model = init_for_training(build_model(cfg.preset, random_weights=True)).train()
+    model = build_model(cfg.preset, random_weights=True, **dict(cfg.model_overrides))
+    model = init_for_training(model, tie_global_qk=cfg.tie_global_qk).train()
     grid = model.config.img_size // model.config.patch_size
     aux = CorrespondenceHead(2 * model.config.embed_dim, (grid, grid), model.config.patch_size)
     params = list(model.parameters()) + list(aux.parameters())
-    optimizer = torch.optim.AdamW(adamw_param_groups([model, aux], cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(adamw_param_groups([model, aux], cfg.weight_decay), betas=cfg.betas)
     step = warm_from = 0
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -173,23 +269,25 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         log.info("resumed %s at step %d", state_path, step)
     elif resume and (shipped := packaged_weights_path(get_preset(cfg.preset))) is not None and shipped.exists():
         # Across sessions only the shipped weights are kept (a few MB, committed): resume from them with a fresh
-        # optimizer; the warm-up re-estimates Adam's moments.
+        # optimizer and correspondence head; the warm-up re-estimates Adam's moments.
         load_weights(model, shipped)
         step = warm_from = int(json.loads(safe_open_metadata(shipped).get("step", "0")))
         log.info("resumed from the shipped weights %s at step %d (fresh optimizer)", shipped, step)
     rng = np.random.default_rng(cfg.seed * 7919 + step)
 
-    def scene_pool(turn_deg: float | tuple[float, float]) -> ScenePool:
+    def scene_pool(stage: Stage) -> ScenePool:
         return ScenePool(
             size=cfg.pool_size,
             frames=cfg.pool_frames,
             image_size=model.config.img_size,
             first_seed=cfg.seed * 100_000 + step * 2,
-            step_m=cfg.step_m,
-            turn_deg=turn_deg,
+            step_m=stage.step_m,
+            turn_deg=stage.turn_deg,
+            paths=stage.paths,
         )
 
-    pool = scene_pool(stage_at(cfg, step).turn_deg)
+    stage = stage_at(cfg, step)
+    pool = scene_pool(stage)
     log_file = (out / "loss_log.jsonl").open("a")
     start = time.perf_counter()
     running: dict[str, float] = {}
@@ -207,7 +305,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             tmp,
         )
         tmp.replace(state_path)
-        save_weights(model, out / "weights.safetensors", {"step": step, "preset": cfg.preset})
+        metadata = {"step": step, "preset": cfg.preset, "model_overrides": dict(cfg.model_overrides)}
+        save_weights(model, out / "weights.safetensors", metadata)
+        save_weights(model, out / f"weights_{step:06d}.safetensors", metadata)  # every checkpoint, to probe later
 
     def stop_on_signal(signum, frame):  # SIGTERM (and SIGINT in background jobs) still writes a checkpoint
         raise KeyboardInterrupt(f"signal {signum}")
@@ -217,12 +317,16 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         while step < cfg.total_steps:
             if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
                 break
-            stage = stage_at(cfg, step)
-            if stage.turn_deg != pool.turn_deg:
-                pool = scene_pool(stage.turn_deg)
-            batch = make_batch(pool, rng, stage.num_clips, stage.clip_len, stage.max_gap)
+            if stage_at(cfg, step) != stage:
+                stage = stage_at(cfg, step)
+                running.clear()
+            if stage.scenes != (pool.turn_deg, pool.step_m, pool.paths):
+                pool = scene_pool(stage)
+            model.aggregator.requires_grad_(not stage.freeze_backbone)
+            batch = make_batch(pool, rng, stage.num_clips, stage.clip_len, stage.gaps, stage.motion)
+            lr = learning_rate(cfg, step, warm_from)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step, warm_from)
+                group["lr"] = lr
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 losses, total = training_losses(model, aux, batch, stage, cfg)
@@ -235,25 +339,20 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             for k, v in record.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v
             if step % cfg.log_every == 0:
-                log_file.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "lr": learning_rate(cfg, step, warm_from),
-                            "clip_len": stage.clip_len,
-                            "step_s": round(time.perf_counter() - t0, 3),
-                            **record,
-                        }
-                    )
-                    + "\n"
-                )
+                entry = {
+                    "step": step,
+                    "lr": lr,
+                    "clip_len": stage.clip_len,
+                    "step_s": round(time.perf_counter() - t0, 3),
+                }
+                log_file.write(json.dumps(entry | record | ratios(running)) + "\n")
                 log_file.flush()
                 log.info(
                     "step %d clip %d lr %.2e %s",
                     step,
                     stage.clip_len,
-                    learning_rate(cfg, step, warm_from),
-                    " ".join(f"{k} {v:.4f}" for k, v in running.items()),
+                    lr,
+                    " ".join(f"{k} {v:.4f}" for k, v in (running | ratios(running)).items()),
                 )
             if step % cfg.checkpoint_every == 0:
                 checkpoint()

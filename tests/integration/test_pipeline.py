@@ -72,10 +72,15 @@ def test_outputs_have_one_pose_per_frame_and_the_ground_truth(synth_run):
 
 
 def test_trajectory_is_scored_against_ground_truth(synth_run):
-    out, _ = synth_run
+    out, result = synth_run
     metrics = read_report(out)["trajectory"]["all_frames"]
     assert metrics["num_poses"] == NUM_FRAMES
     assert metrics["ate_over_extent"] < ATE_OVER_EXTENT_BOUND
+    assert metrics["ate_constant_baseline_m"] > 0  # what the ATE means: a constant trajectory's score, printed too
+    assert (
+        f"a constant trajectory (every camera at the mean ground-truth position) scores {metrics['ate_constant_baseline_m']:.4f} m"
+        in result.stdout
+    )
 
 
 def test_recording_reads_back_with_the_expected_entities(synth_run):

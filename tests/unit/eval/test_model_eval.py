@@ -63,3 +63,30 @@ def test_pair_probe_scores_an_identity_camera_head_at_the_identity_baseline():
     assert errors["pairs"] == 3
     assert errors["rotation_error_deg"] == pytest.approx(errors["identity_rotation_error_deg"], abs=1e-3)
     assert errors["identity_rotation_error_deg"] > 2.0  # the probe's pairs move visibly
+
+
+def test_tum_folder_with_depth_txt_loads_metric_depth_on_the_model_pixels():
+    import cv2
+
+    from tests.conftest import fixture_path
+
+    folder = fixture_path("data", "tum_sun3d")
+    sequence = load_sequence(str(folder), input_size=112)
+    # 640x480 -> 112x84 (VGGT's crop preprocessing: width 112, height rounded to a multiple of 14)
+    assert sequence.images.shape == (5, 84, 112, 3) and sequence.depth.shape == (5, 84, 112)
+    raw = cv2.imread(str(folder / "depth" / "000935.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+    valid = sequence.depth[0] > 0
+    assert 0.5 < valid.mean() and np.median(sequence.depth[0][valid]) == pytest.approx(np.median(raw[raw > 0]), rel=0.1)
+    assert not sequence.depth[4].any()  # frame 943 has no depth image: nothing of it is scored
+    rows = baseline_rows(sequence)
+    assert 0.0 < rows[1]["depth_abs_rel_median"] < 1.0  # constant depth is scored against the real depth
+
+
+def test_depth_preprocessing_matches_the_image_crop():
+    from spark3r_stream.models.preprocess import preprocess_depth
+
+    depth = np.zeros((1, 200, 100), np.float32)
+    depth[0, 100:] = 2.0  # lower half at 2 m
+    out = preprocess_depth(depth, target_size=28)
+    assert out.shape == (1, 28, 28)  # 100x200 -> 28x56, centre-cropped to 28 rows
+    assert (out[0, :14] == 0).all() and (out[0, 14:] == 2.0).all()

@@ -9,6 +9,7 @@ from spark3r_stream.eval.trajectory import (
     associate,
     ate_errors,
     ate_rmse,
+    constant_trajectory_ate,
     read_tum,
     relative_rotation_errors_deg,
     rpe_errors,
@@ -99,6 +100,10 @@ def test_static_estimate_is_aligned_by_its_mean():
     centres = gt[:, :3, 3]
     np.testing.assert_allclose(errors, np.linalg.norm(centres - centres.mean(0), axis=1), atol=EXACT)
     np.testing.assert_allclose(gt_from_est[:3, 3], centres.mean(0), atol=EXACT)
+    # the constant-trajectory baseline every report prints next to the ATE is exactly this estimate's ATE
+    metrics = trajectory_metrics(static, gt)
+    assert metrics["ate_constant_baseline_m"] == pytest.approx(metrics["ate_rmse_m"], abs=1e-9)
+    assert metrics["ate_constant_baseline_m"] == pytest.approx(constant_trajectory_ate(gt), abs=1e-12)
 
 
 def test_tum_round_trip(tmp_path):

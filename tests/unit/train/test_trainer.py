@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from spark3r_stream.geometry import apply_transform, unproject_depth
+from spark3r_stream.models import build_model
 from spark3r_stream.models.pose_encoding import pose_encoding_to_extri_intri
 from spark3r_stream.synth import render_sequence
-from spark3r_stream.train.data import ScenePool, clip_targets, make_batch
-from spark3r_stream.train.losses import CorrespondenceHead, correspondence_loss
-from spark3r_stream.train.trainer import TRAIN_PRESETS, Stage, TrainConfig, learning_rate, stage_at, train
+from spark3r_stream.train.data import MotionRange, ScenePool, clip_targets, draw_clip, make_batch
+from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, correspondence_errors, quaternion_errors
+from spark3r_stream.train.trainer import TRAIN_PRESETS, Stage, TrainConfig, learning_rate, ratios, stage_at, train
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_clip_targets_are_in_frame_zero_and_scale_normalised(sequence):
 
 def test_batch_pose_encoding_round_trips_to_the_targets(sequence):
     pool = ScenePool(size=1, frames=6, image_size=56, first_seed=5, step_m=0.1, turn_deg=(2.0, 8.0))
-    batch = make_batch(pool, np.random.default_rng(0), num_clips=2, clip_len=3, max_gap=2)
+    batch = make_batch(pool, np.random.default_rng(0), num_clips=2, clip_len=3, gaps=(1, 2))
     assert batch.images.shape == (2, 3, 3, 56, 56) and batch.pose_enc.shape == (2, 3, 9)
     extrinsics, _ = pose_encoding_to_extri_intri(batch.pose_enc, image_size_hw=(56, 56))
     np.testing.assert_allclose(extrinsics[:, 0].numpy(), np.eye(4)[:3][None].repeat(2, 0), atol=1e-6)
@@ -43,23 +44,61 @@ def test_batch_pose_encoding_round_trips_to_the_targets(sequence):
 
 def test_correspondence_head_starts_from_no_motion():
     head = CorrespondenceHead(8, (4, 4), 14)
-    torch.nn.init.zeros_(head.proj.weight), torch.nn.init.zeros_(head.proj.bias)
     uv = head(torch.randn(1, 2, 5 + 16, 8), patch_start_idx=5)
     assert uv.shape == (1, 2, 16, 2)
     np.testing.assert_allclose(uv[0, 0, 0].detach().numpy(), [7 / 55 * 2 - 1] * 2, atol=1e-6)
     np.testing.assert_allclose(uv[0, 0, 15].detach().numpy(), [49 / 55 * 2 - 1] * 2, atol=1e-6)
-    batch = type("B", (), {"patch_uv": uv.detach().clone(), "patch_visible": torch.ones(1, 2, 16, dtype=bool)})
-    assert correspondence_loss(uv, batch).item() == 0.0
+    target = uv.detach().clone()
+    target[:, 1] += torch.tensor([0.1, -0.3])  # frame 1 moved by (0.1, -0.3); frame 0 maps onto itself
+    batch = type("B", (), {"patch_uv": target, "patch_visible": torch.ones(1, 2, 16, dtype=bool)})
+    error, no_motion = correspondence_errors(uv, batch, head.centres)
+    assert error.item() == pytest.approx(0.4) and no_motion.item() == pytest.approx(0.4)  # |dx| + |dy|, frames 1..
+    error, _ = correspondence_errors(target, batch, head.centres)
+    assert error.item() == 0.0
 
 
-def test_schedule_warms_up_holds_and_decays():
-    cfg = TrainConfig(total_steps=1000, lr=1e-3, warmup_steps=100, decay_fraction=0.25)
+def test_camera_loss_is_normalised_by_the_iteration_weights():
+    target = torch.zeros(1, 2, 9)
+    pred = torch.ones(1, 2, 9)
+    assert camera_loss([pred] * 4, target).item() == pytest.approx(3.0)  # 3 terms of 1, whatever the iterations
+
+
+def test_quaternion_errors_score_the_identity_guess():
+    target = torch.zeros(1, 2, 9)
+    target[..., 6] = 1.0
+    target[0, 1, 3:7] = torch.tensor([0.0, np.sin(0.1), 0.0, np.cos(0.1)])
+    pred, identity = quaternion_errors(target.clone(), target)
+    assert pred.item() == 0.0 and identity.item() == pytest.approx((np.sin(0.1) + 1 - np.cos(0.1)) / 4)
+    assert ratios({"quat": 1.0, "quat_identity": 2.0, "correspondence": 3.0, "no_motion": 4.0}) == {
+        "corr_ratio": 0.75,
+        "quat_ratio": 0.5,
+    }
+
+
+def test_motion_filter_keeps_only_clips_in_range():
+    pool = ScenePool(size=2, frames=12, image_size=28, first_seed=5, step_m=0.12, turn_deg=(4.0, 8.0))
+    rng = np.random.default_rng(0)
+    motion = MotionRange(min_deg=4.0, max_deg=25.0, min_m=0.15, max_m=0.7)
+    for _ in range(5):
+        seq, frames = draw_clip(pool, rng, 2, (2, 4), motion)
+        assert motion.admits(seq.world_from_cam[frames[0]], seq.world_from_cam[frames[-1]])
+    assert not motion.admits(np.eye(4), np.eye(4))  # no motion is rejected
+
+
+def test_schedule_warms_up_at_every_stage_holds_and_decays():
+    stages = (
+        Stage(start_step=0, clip_len=2, num_clips=1, lr=1e-3),
+        Stage(start_step=400, clip_len=2, num_clips=1, lr=3e-4),
+    )
+    cfg = TrainConfig(total_steps=1000, warmup_steps=100, decay_fraction=0.25, curriculum=stages)
     assert learning_rate(cfg, 0) == pytest.approx(1e-5)
-    assert learning_rate(cfg, 500) == 1e-3
-    assert learning_rate(cfg, 1000) == pytest.approx(0.05e-3)
-    assert learning_rate(cfg, 510, warm_from=500) == pytest.approx(1.1e-4)  # re-warm-up after a resume
-    stages = TRAIN_PRESETS["vggt-tiny"].curriculum
-    assert [stage_at(TRAIN_PRESETS["vggt-tiny"], s.start_step) for s in stages] == list(stages)
+    assert learning_rate(cfg, 300) == 1e-3
+    assert learning_rate(cfg, 400) == pytest.approx(3e-6)  # a new stage re-warms to its own peak
+    assert learning_rate(cfg, 600) == 3e-4
+    assert learning_rate(cfg, 1000) == pytest.approx(0.05 * 3e-4)
+    assert learning_rate(cfg, 610, warm_from=600) == pytest.approx(3.3e-5)  # re-warm-up after a resume
+    preset = TRAIN_PRESETS["vggt-tiny"]
+    assert [stage_at(preset, s.start_step) for s in preset.curriculum] == list(preset.curriculum)
 
 
 def test_training_checkpoints_and_resumes(tmp_path):
@@ -67,8 +106,9 @@ def test_training_checkpoints_and_resumes(tmp_path):
         total_steps=2,
         warmup_steps=1,
         curriculum=(
-            Stage(start_step=0, clip_len=2, num_clips=1, max_gap=1, matching_only=True),
-            Stage(start_step=1, clip_len=2, num_clips=1, max_gap=1),
+            Stage(start_step=0, clip_len=2, num_clips=1, gaps=(1, 1), matching_only=True),
+            Stage(start_step=1, clip_len=2, num_clips=1, gaps=(1, 1), freeze_backbone=True),
+            Stage(start_step=2, clip_len=2, num_clips=1, gaps=(1, 1)),
         ),
         pool_size=1,
         pool_frames=3,
@@ -79,18 +119,23 @@ def test_training_checkpoints_and_resumes(tmp_path):
     )
     state_path = train(cfg, resume=False)
     state = torch.load(state_path, weights_only=True)
-    assert state["step"] == 2 and (tmp_path / "run" / "weights.safetensors").exists()
+    assert state["step"] == 2 and (tmp_path / "run" / "weights_000002.safetensors").exists()
+    # the frozen-backbone stage (step 2) left the aggregator as step 1 made it
+    after_matching = build_model("vggt-tiny", weights=tmp_path / "run" / "weights_000001.safetensors")
+    after_frozen = build_model("vggt-tiny", weights=tmp_path / "run" / "weights_000002.safetensors")
+    for (name, a), b in zip(after_matching.state_dict().items(), after_frozen.state_dict().values(), strict=True):
+        assert torch.equal(a, b) == name.startswith("aggregator."), name
     train(dataclasses.replace(cfg, total_steps=3))
     assert torch.load(state_path, weights_only=True)["step"] == 3
     log = [json.loads(line) for line in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["total"]) for r in log)
     assert "camera" not in log[0] and "camera" in log[1]  # the matching-only stage runs no heads
+    assert log[0]["corr_ratio"] > 0 and log[1]["quat_ratio"] > 0
 
 
 def test_ship_weights_stores_float16_with_the_step(tmp_path, monkeypatch):
     from safetensors import safe_open
 
-    from spark3r_stream.models import build_model
     from spark3r_stream.train import trainer
 
     model = build_model("vggt-tiny", random_weights=True)
@@ -109,7 +154,6 @@ def test_ship_weights_stores_float16_with_the_step(tmp_path, monkeypatch):
 
 
 def test_init_for_training_ties_global_queries_to_keys_and_separates_frame_zero():
-    from spark3r_stream.models import build_model
     from spark3r_stream.train.init import init_for_training
 
     model = init_for_training(build_model("vggt-tiny", random_weights=True))
@@ -125,7 +169,6 @@ def test_init_for_training_ties_global_queries_to_keys_and_separates_frame_zero(
 
 
 def test_weight_decay_skips_gammas_norms_biases_and_tokens():
-    from spark3r_stream.models import build_model
     from spark3r_stream.train.init import adamw_param_groups
 
     model = build_model("vggt-tiny", random_weights=True)
