@@ -1,12 +1,13 @@
 """Quality of the shipped `vggt-tiny` on held-out synthetic sequences, against ground truth: the model card's tables.
 
-1. Held-out quality: 16- and 64-frame handheld sequences (seeds >= 900,000, never rendered in training) next to the
-   trivial baselines (identity cameras, constant depth).
+1. Held-out quality: the two-view pair probe (160 pairs), and 16- and 64-frame handheld and orbit sequences (seeds
+   >= 900,000, never rendered in training) next to the trivial baselines (identity cameras, constant velocity,
+   constant depth).
 2. Longer inputs, dense vs Spark3R (paper schedule): ATE / extent and depth AbsRel against ground truth and their
    relative change — the fidelity table of the Spark3R issue on a trained model.
 3. Which side is sensitive: Q-only and KV-only sweeps (paper Tables IV / V, uniform factors) against ground truth.
 
-    python -m benchmarks.bench_quality [--frames 128 256 512 1000] [--sweep-frames 256] [--threads 2] [--quick]
+    python -m benchmarks.bench_quality [--sequences 16] [--frames 128 256 512 1000] [--sweep-frames 256] [--quick]
 """
 
 from __future__ import annotations
@@ -30,13 +31,25 @@ SCORE_COLUMNS = [
 ]
 
 
+PATHS = ("handheld", "orbit")
+
+
 def held_out_table(model, num_sequences: int, num_frames: int) -> list[dict]:
+    """Per camera path and over both: the model's means next to the baselines' (`num_sequences` per path)."""
     from spark3r_stream.eval.model_eval import baseline_rows, evaluate_model, held_out_sequences, summarize
 
-    rows = []
-    for sequence in held_out_sequences(num_sequences, num_frames, size=model.config.img_size):
-        rows += [evaluate_model(model, sequence), *baseline_rows(sequence)]
-    return [{"frames": num_frames, **row} for row in summarize(rows)]
+    by_path = {}
+    for path in PATHS:
+        rows = []
+        for sequence in held_out_sequences(num_sequences, num_frames, size=model.config.img_size, path=path):
+            rows += [evaluate_model(model, sequence), *baseline_rows(sequence)]
+        by_path[path] = rows
+    every = [row for rows in by_path.values() for row in rows]
+    return [
+        {"frames": num_frames, "path": path, **row}
+        for path, rows in (*by_path.items(), (" + ".join(PATHS), every))
+        for row in summarize(rows)
+    ]
 
 
 def scored_settings(model, sequence, settings) -> list[dict]:
@@ -72,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="bench_quality", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="vggt-tiny")
-    parser.add_argument("--sequences", type=int, default=4, help="held-out sequences per length")
+    parser.add_argument("--sequences", type=int, default=16, help="held-out sequences per length and camera path")
     parser.add_argument("--frames", type=int, nargs="+", default=[128, 256, 512, 1000])
     parser.add_argument("--sweep-frames", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
@@ -81,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sequences, args.frames, args.sweep_frames = 1, [12], 12
 
-    from spark3r_stream.eval.model_eval import HELD_OUT_SEED_START, held_out_sequences
+    from spark3r_stream.eval.model_eval import HELD_OUT_SEED_START, held_out_pair_errors, held_out_sequences
     from spark3r_stream.models import build_model
     from spark3r_stream.spark3r import Spark3RConfig
 
     torch.set_num_threads(args.threads)
     model = build_model(args.model).eval()
     held_out = [row for n in ((4, 8) if args.quick else (16, 64)) for row in held_out_table(model, args.sequences, n)]
+    pairs = held_out_pair_errors(model, num_pairs=4 if args.quick else 160)
+    pairs["rotation_vs_identity"] = pairs["rotation_error_deg"] / pairs["identity_rotation_error_deg"]
 
     long_rows = []
     for frames in args.frames:
@@ -103,10 +118,21 @@ def main(argv: list[str] | None = None) -> int:
 
     markdown = (
         f"Model `{args.model}` (shipped weights), {model.config.img_size}×{model.config.img_size} input, float32, "
-        f"{args.threads} threads. Held-out handheld sequences (seeds ≥ {HELD_OUT_SEED_START}, never rendered in "
+        f"{args.threads} threads. Held-out sequences (seeds ≥ {HELD_OUT_SEED_START}, never rendered in "
         "training). Trajectories Sim(3)-aligned to ground truth; depth median-scaled per frame (and scale+shift per "
-        "sequence).\n\n## Held-out quality (mean over sequences)\n\n"
-        + table(held_out, [("frames", "frames"), ("method", "method"), *SCORE_COLUMNS])
+        "sequence).\n\n## Held-out pairs (two views 2-4 frames apart on 2-8°/frame handheld paths)\n\n"
+        + table(
+            [pairs],
+            [
+                ("pairs", "pairs"),
+                ("rotation_error_deg", "rotation error (°)"),
+                ("identity_rotation_error_deg", "identity (°)"),
+                ("rotation_vs_identity", "rotation ÷ identity"),
+                ("translation_direction_error_deg", "translation direction error (°, chance 90)"),
+            ],
+        )
+        + f"\n\n## Held-out quality (mean over {args.sequences} sequences per camera path)\n\n"
+        + table(held_out, [("frames", "frames"), ("path", "path"), ("method", "method"), *SCORE_COLUMNS])
         + "\n\n## Longer inputs: dense vs Spark3R (paper schedule), against ground truth\n\n"
         + table(
             relative_change(long_rows),
@@ -125,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         + table(sweep_rows, [("setting", "setting"), *SCORE_COLUMNS, ("time_s", "time (s)")])
     )
     if not args.quick:
-        data = {"held_out": held_out, "long": long_rows, "sweep": sweep_rows}
+        data = {"pairs": pairs, "held_out": held_out, "long": long_rows, "sweep": sweep_rows}
         write_results("bench_quality", header("bench_quality", argv), markdown, json.loads(json.dumps(data)))
     print(markdown)
     return 0

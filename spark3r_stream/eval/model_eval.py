@@ -1,8 +1,9 @@
 """Run a model on sequences with ground truth and score it next to trivial baselines (`spark3r eval`, quality bench).
 
 Baselines, scored with the same protocol: `identity` (every camera at the origin; its best Sim(3) fit is the mean
-camera centre) and `constant-depth` (one depth per frame: after median scaling, the frame's median). A straight-line
-(constant-velocity) guess is not scored: its collinear centres leave the Sim(3) rotation undetermined.
+camera centre), `constant-velocity` (the ground truth's first frame-to-frame motion repeated: what a motion model
+predicts without looking at the images; a rotating motion makes it an arc, so the Sim(3) fit is determined) and
+`constant-depth` (one depth per frame: after median scaling, the frame's median).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import torch
 
 from spark3r_stream.eval.depth import depth_metrics
 from spark3r_stream.eval.sequence import evaluate_sequence
-from spark3r_stream.eval.trajectory import constant_trajectory_ate, relative_rotation_errors_deg, trajectory_extent
+from spark3r_stream.eval.trajectory import (
+    constant_trajectory_ate,
+    relative_rotation_errors_deg,
+    trajectory_extent,
+    trajectory_metrics,
+)
 
 HELD_OUT_SEED_START = 900_000  # seeds the training never renders (spark3r_stream.train.data)
 
@@ -114,9 +120,24 @@ def static_trajectory_metrics(gt_world_from_cam: np.ndarray) -> dict[str, float]
     }
 
 
+def constant_velocity_trajectory(gt_world_from_cam: np.ndarray) -> np.ndarray:
+    """Camera-to-world poses that repeat the ground truth's first frame-to-frame motion from the first pose."""
+    step = np.linalg.inv(gt_world_from_cam[0]) @ gt_world_from_cam[1]
+    poses = [gt_world_from_cam[0]]
+    for _ in range(len(gt_world_from_cam) - 1):
+        poses.append(poses[-1] @ step)
+    return np.stack(poses)
+
+
 def baseline_rows(sequence: GroundTruthSequence) -> list[dict[str, float | str]]:
+    gt = sequence.world_from_cam
     rows: list[dict[str, float | str]] = [
-        {"sequence": sequence.name, "method": "identity", **static_trajectory_metrics(sequence.world_from_cam)}
+        {"sequence": sequence.name, "method": "identity", **static_trajectory_metrics(gt)},
+        {
+            "sequence": sequence.name,
+            "method": "constant-velocity",
+            **trajectory_metrics(constant_velocity_trajectory(gt), gt),
+        },
     ]
     if sequence.depth is not None:
         valid = sequence.depth > 0

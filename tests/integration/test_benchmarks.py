@@ -73,6 +73,7 @@ def test_bench_quality_quick_scores_model_baselines_and_spark3r(capsys):
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["setting"] for r in rows] == ["dense", "paper", "dense", "Q-only r_Q=2", "Q-only r_Q=3"]
     assert all(0 < r["depth_abs_rel_median"] < 1 and r["ate_over_extent"] > 0 for r in rows)
-    for method in ("| vggt-tiny |", "| identity |", "| constant-depth |"):
+    for method in ("| vggt-tiny |", "| identity |", "| constant-velocity |", "| constant-depth |"):
         assert method in out
+    assert "| handheld |" in out and "| orbit |" in out and "## Held-out pairs" in out
     assert sorted(RESULTS.iterdir()) == before

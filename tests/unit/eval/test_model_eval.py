@@ -33,8 +33,8 @@ def test_synthetic_spec_loads_with_depth_and_constant_depth_baseline_is_scored()
     sequence = load_sequence("synth:seed=900003,frames=3,path=orbit", input_size=28)
     assert sequence.images.shape == (3, 28, 28, 3) and sequence.depth.shape == (3, 28, 28)
     rows = baseline_rows(sequence)
-    assert [r["method"] for r in rows] == ["identity", "constant-depth"]
-    assert 0.0 < rows[1]["depth_abs_rel_median"] < 1.0
+    assert [r["method"] for r in rows] == ["identity", "constant-velocity", "constant-depth"]
+    assert 0.0 < rows[2]["depth_abs_rel_median"] < 1.0
 
 
 def test_eval_command_writes_the_table_with_model_and_baselines(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_eval_command_writes_the_table_with_model_and_baselines(tmp_path, capsys
 
     assert main(["eval", "synth:seed=900000,frames=4", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["vggt-tiny", "identity", "constant-depth"]
+    assert [r["method"] for r in rows] == ["vggt-tiny", "identity", "constant-velocity", "constant-depth"]
     assert 0 < rows[0]["depth_abs_rel_median"] < 1 and rows[0]["ate_over_extent"] >= 0
     table = (tmp_path / "eval.md").read_text()
     assert "mean of 1" in table and "synth-900000-handheld-4" in table
@@ -79,7 +79,7 @@ def test_tum_folder_with_depth_txt_loads_metric_depth_on_the_model_pixels():
     assert 0.5 < valid.mean() and np.median(sequence.depth[0][valid]) == pytest.approx(np.median(raw[raw > 0]), rel=0.1)
     assert not sequence.depth[4].any()  # frame 943 has no depth image: nothing of it is scored
     rows = baseline_rows(sequence)
-    assert 0.0 < rows[1]["depth_abs_rel_median"] < 1.0  # constant depth is scored against the real depth
+    assert 0.0 < rows[2]["depth_abs_rel_median"] < 1.0  # constant depth is scored against the real depth
 
 
 def test_depth_preprocessing_matches_the_image_crop():
@@ -90,3 +90,16 @@ def test_depth_preprocessing_matches_the_image_crop():
     out = preprocess_depth(depth, target_size=28)
     assert out.shape == (1, 28, 28)  # 100x200 -> 28x56, centre-cropped to 28 rows
     assert (out[0, :14] == 0).all() and (out[0, 14:] == 2.0).all()
+
+
+def test_constant_velocity_repeats_the_first_motion():
+    from scipy.spatial.transform import Rotation
+
+    from spark3r_stream.eval.model_eval import constant_velocity_trajectory
+
+    step = se3_matrix(Rotation.from_euler("y", 5, degrees=True).as_matrix(), np.array([0.1, 0.0, 0.0]))
+    gt = np.stack([np.eye(4), step, step @ step, np.eye(4)])  # moves twice, then jumps back
+    poses = constant_velocity_trajectory(gt)
+    np.testing.assert_allclose(poses[3], step @ step @ step, atol=1e-12)
+    rows = baseline_rows(type("S", (), {"name": "x", "world_from_cam": gt, "depth": None})())
+    assert rows[1]["method"] == "constant-velocity" and rows[1]["ate_rmse_m"] > 0
