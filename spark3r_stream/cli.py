@@ -80,21 +80,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from spark3r_stream.eval import format_markdown_table
-    from spark3r_stream.eval.model_eval import QUALITY_COLUMNS, baseline_rows, evaluate_model, load_sequence, summarize
+    from spark3r_stream.eval.model_eval import (
+        QUALITY_COLUMNS,
+        baseline_rows,
+        evaluate_model,
+        held_out_pair_errors,
+        load_sequence,
+        summarize,
+    )
     from spark3r_stream.models.registry import get_preset
     from spark3r_stream.offline import load_model, resolve_device
 
+    if not args.sequences and not args.pairs:
+        raise Spark3RError("eval: give sequences to score, --pairs N, or both")
     options = model_options(args)
     model = load_model(options, resolve_device(args.device))
     rows = []
     for spec in args.sequences:
         sequence = load_sequence(spec, get_preset(args.model).input_size, args.max_frames)
         rows += [evaluate_model(model, sequence), *baseline_rows(sequence)]
-    table = format_markdown_table(rows + summarize(rows), QUALITY_COLUMNS)
+    table = format_markdown_table(rows + summarize(rows), QUALITY_COLUMNS) if rows else ""
+    pairs = held_out_pair_errors(model, num_pairs=args.pairs) if args.pairs else None
+    if pairs:
+        table += (
+            f"\nheld-out pairs: {pairs['pairs']}, rotation error {pairs['rotation_error_deg']:.2f}° "
+            f"(identity {pairs['identity_rotation_error_deg']:.2f}°, ratio "
+            f"{pairs['rotation_error_deg'] / pairs['identity_rotation_error_deg']:.3f}), translation direction error "
+            f"{pairs['translation_direction_error_deg']:.1f}° (chance 90°)\n"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.md").write_text(table)
-    (out / "eval.json").write_text(json.dumps({"model": args.model, "spark3r": args.spark3r, "rows": rows}, indent=1))
+    report = {"model": args.model, "weights": args.weights, "spark3r": args.spark3r, "rows": rows, "pairs": pairs}
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
     print(table + f"\nwritten to {out}/eval.md and eval.json")
     return 0
 
@@ -181,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("eval", help="score a model on sequences with ground truth, next to trivial baselines")
-    p.add_argument("sequences", nargs="+", help="synth:seed=N,frames=S[,path=P] or a dataset folder / source spec")
+    p.add_argument("sequences", nargs="*", help="synth:seed=N,frames=S[,path=P] or a dataset folder / source spec")
+    p.add_argument("--pairs", type=int, default=0, help="also run the two-view pose probe on N held-out pairs")
     p.add_argument("--model", default="vggt-tiny")
     p.add_argument("--weights")
     p.add_argument("--random-weights", action="store_true")

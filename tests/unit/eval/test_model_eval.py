@@ -103,3 +103,15 @@ def test_constant_velocity_repeats_the_first_motion():
     np.testing.assert_allclose(poses[3], step @ step @ step, atol=1e-12)
     rows = baseline_rows(type("S", (), {"name": "x", "world_from_cam": gt, "depth": None})())
     assert rows[1]["method"] == "constant-velocity" and rows[1]["ate_rmse_m"] > 0
+
+
+def test_eval_command_runs_the_pair_probe(tmp_path, capsys):
+    import json
+
+    from spark3r_stream.cli import main
+
+    assert main(["eval", "--pairs", "2", "--out", str(tmp_path)]) == 0
+    pairs = json.loads((tmp_path / "eval.json").read_text())["pairs"]
+    assert pairs["pairs"] == 2 and pairs["identity_rotation_error_deg"] > 2.0
+    assert "held-out pairs: 2, rotation error" in capsys.readouterr().out
+    assert main(["eval", "--out", str(tmp_path)]) == 2  # nothing to score is a one-line error
