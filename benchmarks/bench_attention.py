@@ -17,7 +17,7 @@ import re
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ def header(name: str, argv: list[str]) -> dict[str, Any]:
 
     return {
         "bench": name,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git_sha": git_sha(),
         "machine": machine_info(),
         "command": " ".join(["python -m benchmarks." + name, *argv]),

@@ -46,16 +46,16 @@ DENSE_HEADS = {"vggt": "DPT heads", "pi3": "point/conf decoders + heads", "da3":
 
 
 def stage_modules(model) -> dict[str, str]:
-    """Module path -> stage for `model` (built here: `model.family` and `model.config` set)."""
+    """Module path -> stage for `model` (built here: `model.spec.family` and `model.config` set)."""
     from spark3r_stream.models import reduction_targets_of
 
-    stages = {path: stage for stage, paths in STAGES[model.family].items() for path in paths}
+    stages = {path: stage for stage, paths in STAGES[model.spec.family].items() for path in paths}
     global_blocks = [path.removesuffix(".attn") for path in reduction_targets_of(model).global_attention]
     stages.update(dict.fromkeys(global_blocks, "global blocks"))
     cfg = model.config
-    if model.family == "pi3":  # decoder: even blocks frame-wise, odd blocks global
+    if model.spec.family == "pi3":  # decoder: even blocks frame-wise, odd blocks global
         stages.update({f"decoder.{i}": "frame blocks" for i in range(0, cfg.depth, 2)})
-    elif model.family == "da3":  # one ViT: blocks before alt_start are the per-view encoder, then frame/global
+    elif model.spec.family == "da3":  # one ViT: blocks before alt_start are the per-view encoder, then frame/global
         for i in range(cfg.depth):
             path = f"backbone.pretrained.blocks.{i}"
             if path not in stages:
@@ -66,12 +66,12 @@ def stage_modules(model) -> dict[str, str]:
 def describe(model, size: int) -> str:
     """One line on the benchmarked architecture, from its config."""
     cfg = model.config
-    if model.family == "vggt":
+    if model.spec.family == "vggt":
         text = (
             f"VGGT architecture at the official-fixture size (width {cfg.embed_dim}, {cfg.depth}+{cfg.depth} blocks, "
             f"{cfg.num_heads} heads, {cfg.encoder.depth}-block encoder, DPT features {cfg.dpt_features})"
         )
-    elif model.family == "pi3":
+    elif model.spec.family == "pi3":
         text = (
             f"π³ architecture at the official-fixture size (width {cfg.embed_dim}, {cfg.encoder_depth}-block encoder, "
             f"{cfg.depth}-block decoder = {cfg.depth // 2} frame + {cfg.depth // 2} global, {cfg.num_heads} heads, "

@@ -1,6 +1,6 @@
 """The pipeline's processes (capture, keyframes, reconstruction, fusion): thin mains over the library.
 
-Every node runs as `python -m nodes.<name> --config FILE [--set param=value ...] [--out DIR]`, where FILE is the
+Every node runs as `python -m spark3r_stream.nodes.<name> --config FILE [--set param=value ...] [--out DIR]`, where FILE is the
 node config the launcher writes (`<out>/launch/<name>.yaml`) or a launch file (the node is picked from it, as
 `spark3r run-node` does). What they share lives here: argument parsing, logging, the node report, stage timers.
 No torch is imported here (capture and keyframes start without it).
@@ -92,7 +92,7 @@ def parse_args(kind: str, argv: Sequence[str] | None) -> NodeContext:
     """Parse `--config FILE [--name NAME] [--set k=v ...] [--out DIR]`, set up logging; ConfigError if bad."""
     from spark3r_stream.launcher import node_config_from
 
-    parser = argparse.ArgumentParser(prog=f"python -m nodes.{kind}")
+    parser = argparse.ArgumentParser(prog=f"python -m spark3r_stream.nodes.{kind}")
     parser.add_argument("--config", required=True, help="node config (<out>/launch/NAME.yaml) or a launch file")
     parser.add_argument("--name", default=kind, help="the node's name in a launch file (default: the node kind)")
     parser.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="override a param")

@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nodes import NodeContext, node_loop, run_main
 from spark3r_stream.errors import ConfigError, Spark3RError
+from spark3r_stream.nodes import NodeContext, node_loop, run_main
 from spark3r_stream.sources import open_source
 
 log = logging.getLogger("nodes.capture")

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nodes import NodeContext, StageTimer, node_loop, run_main
 from spark3r_stream.eval.trajectory import trajectory_metrics_from_files, write_tum
+from spark3r_stream.nodes import NodeContext, StageTimer, node_loop, run_main
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
 from spark3r_stream.transport import FrameRecord, Keyframe, MapUpdate, WindowResult
 from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig

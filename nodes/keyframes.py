@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nodes import NodeContext, StageTimer, node_loop, run_main
+from spark3r_stream.nodes import NodeContext, StageTimer, node_loop, run_main
 from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
 from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
 from spark3r_stream.transport import Frame, FrameRecord, Keyframe, WindowRequest

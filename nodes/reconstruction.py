@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nodes import NodeContext, StageTimer, node_loop, run_main
+from spark3r_stream.nodes import NodeContext, StageTimer, node_loop, run_main
 from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
 from spark3r_stream.transport import Keyframe, WindowRequest, WindowResult
 

@@ -146,12 +146,20 @@ def cmd_run_node(args: argparse.Namespace) -> int:
     path = _Path(config["out"]) / "launch" / f"{args.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    node = importlib.import_module(f"nodes.{config['node']}")  # the node's own main, in this process
+    node = importlib.import_module(f"spark3r_stream.nodes.{config['node']}")  # the node's own main, in this process
     return int(node.main(["--config", str(path), "--name", args.name, "--log-level", args.log_level]))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"benchmarks.bench_{args.name}")
+    try:  # the benchmarks are repository tools (not installed): run from a checkout
+        module = importlib.import_module(f"benchmarks.bench_{args.name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", f"benchmarks.bench_{args.name}"):
+            raise
+        raise Spark3RError(
+            f"bench {args.name}: benchmarks/bench_{args.name}.py not found; the benchmarks ship with the repository, "
+            "not the wheel: run this from a checkout of spark3r-stream"
+        ) from None
     return int(module.main(args.bench_args))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib.resources
 import os
 import types
 import typing
@@ -34,8 +35,15 @@ __all__ = [
 
 T = TypeVar("T")
 
-# The repository's configs/ folder, where a `preset: NAME` is looked up when it is not a path next to the file.
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def package_dir(name: str) -> Path:
+    """A data folder of the package: the repository's top-level `launch/` or `configs/`, installed (and mapped in an
+    editable install) as `spark3r_stream.<name>`."""
+    return Path(str(importlib.resources.files(f"spark3r_stream.{name}")))
+
+
+# configs/, where a `preset: NAME` is looked up when it is not a path next to the file.
+CONFIGS_DIR = package_dir("configs")
 PRESET_KEY = "preset"
 _MAX_PRESET_DEPTH = 8  # presets may chain; deeper than this is a cycle or a mistake
 

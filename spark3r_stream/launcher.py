@@ -18,7 +18,7 @@ A launch file (YAML; `preset:` names a base such as configs/pipeline.yaml) holds
         remote: false              # true: not started here; run it elsewhere with `spark3r run-node NAME`
 
 `--set capture.path=/data/seq` sets `nodes.capture.params.path`; `--set capture.respawn=always` a node field;
-`--set vars.x=...`, `--set transport=tcp` the top level. Node processes run `python -m nodes.<node> --config
+`--set vars.x=...`, `--set transport=tcp` the top level. Node processes run `python -m spark3r_stream.nodes.<node> --config
 <out>/launch/<name>.yaml`; each writes `<out>/nodes/<name>.json`; the launcher merges them into report.json.
 """
 
@@ -41,15 +41,14 @@ from typing import Any, Literal
 
 import yaml
 
-from spark3r_stream.config import apply_overrides, load_config, load_yaml, to_dict
+from spark3r_stream.config import apply_overrides, load_config, load_yaml, package_dir, to_dict
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.transport.endpoints import NODE_EDGES, default_run_dir, make_endpoint
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LAUNCH_DIR = REPO_ROOT / "launch"
-NODE_KINDS: tuple[str, ...] = tuple(NODE_EDGES)  # capture, keyframes, reconstruction, fusion (modules nodes.<kind>)
+LAUNCH_DIR = package_dir("launch")  # the repository's launch/, installed as spark3r_stream.launch
+NODE_KINDS: tuple[str, ...] = tuple(NODE_EDGES)  # capture, keyframes, reconstruction, fusion (spark3r_stream.nodes.*)
 START_ORDER = ("fusion", "reconstruction", "keyframes", "capture")  # consumers first: nothing waits on a bind
 POLL_S = 0.1  # child-process supervision period
 COLORS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
@@ -101,7 +100,7 @@ class ResolvedNode:
     name: str
     entry: NodeEntry
     kind: str
-    config: dict[str, Any]  # the YAML handed to `python -m nodes.<kind> --config`
+    config: dict[str, Any]  # the YAML handed to `python -m spark3r_stream.nodes.<kind> --config`
 
 
 def find_launch_file(name: str | Path) -> Path:
@@ -251,16 +250,14 @@ class Launcher:
 
     # ------------------------------------------------------------------ process handling
     def _command(self, child: _Child) -> list[str]:
-        return [sys.executable, "-m", f"nodes.{child.node.kind}", "--config", str(child.config_path)]
+        return [sys.executable, "-m", f"spark3r_stream.nodes.{child.node.kind}", "--config", str(child.config_path)]
 
     def _start(self, child: _Child) -> None:
         env = {**os.environ, **child.node.entry.env, "SPARK3R_RUN_ID": self.run_id, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        child.proc = subprocess.Popen(
+        child.proc = subprocess.Popen(  # the launcher's working directory: relative paths mean what the user meant
             self._command(child),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            cwd=str(REPO_ROOT),
             env=env,
             start_new_session=True,  # own process group: a terminal's Ctrl-C reaches the launcher only
         )

@@ -12,11 +12,13 @@ import cv2
 import numpy as np
 import torch
 
-from spark3r_stream.errors import CheckpointError
-from spark3r_stream.models import Prediction, build_model, predict
+from spark3r_stream.models import Prediction, predict
+from spark3r_stream.models.loading import load_model as models_load_model
+from spark3r_stream.models.loading import resolve_device
 from spark3r_stream.models.preprocess import list_images, load_and_preprocess
 from spark3r_stream.models.registry import get_preset
 from spark3r_stream.report import RunReport, Stopwatch
+from spark3r_stream.spark3r.plan import Spark3RConfig, load_config_file
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
 from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
 
@@ -35,27 +37,18 @@ class InferOptions:
     save_rrd: bool = True
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model(options: InferOptions, device: torch.device) -> torch.nn.Module:
-    """The model of `options`; refuses to run an untrained preset unless random weights were asked for."""
-    preset = get_preset(options.model)
-    if options.weights is None and preset.weights.package_file is None and not options.random_weights:
-        hub = f" (e.g. --weights {preset.weights.hf_hub_id} when online)" if preset.weights.hf_hub_id else ""
-        raise CheckpointError(
-            f"model {options.model!r} ships no weights: pass --weights PATH{hub}, or --random-weights for a smoke test"
-        )
-    model = build_model(options.model, weights=options.weights, random_weights=options.random_weights, device=device)
-    if options.spark3r:
-        from spark3r_stream.spark3r import Spark3RConfig, accelerate
-
-        config = Spark3RConfig.from_yaml(options.spark3r_config) if options.spark3r_config else None
-        accelerate(model, config)
-    return model
+def load_model(options: InferOptions, device: torch.device | str | None = None) -> torch.nn.Module:
+    """The model of `options` (models.load_model), with the Spark3R config file it names."""
+    spark3r: Spark3RConfig | bool = options.spark3r
+    if options.spark3r and options.spark3r_config:
+        spark3r = load_config_file(options.spark3r_config)
+    return models_load_model(
+        options.model,
+        weights=options.weights,
+        random_weights=options.random_weights,
+        device=options.device if device is None else device,
+        spark3r=spark3r,
+    )
 
 
 def write_depth(out_dir: Path, names: Sequence[str], prediction: Prediction) -> float:

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from spark3r_stream.errors import ConfigError
 from spark3r_stream.models.heads import CameraDecoder, CameraEncoder, DPTHead, DualDPTHead, GaussianAdapter, Gaussians
 from spark3r_stream.models.layers import DinoVisionTransformer, TokenLayout, grid_positions
 from spark3r_stream.models.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
@@ -70,6 +71,57 @@ def reduction_targets(cfg: DA3Config) -> ReductionTargets:
         reference_frame=0,  # the reference view sits first after the in-model reordering
         # Spark3R §IV-D: DA3-Giant global layers 3–12 of 14; other sizes mapped by relative depth until probed
         sensitive_layers=map_sensitive_layers(range(3, 13), 14, num_global),
+    )
+
+
+# Official DA3 ViT factories (model/dinov2/vision_transformer.py): name -> (width, depth, heads, FFN)
+_DA3_VITS = {
+    "vits": (384, 12, 6, "mlp"),
+    "vitb": (768, 12, 12, "mlp"),
+    "vitl": (1024, 24, 16, "mlp"),
+    "vitg": (1536, 40, 24, "swiglu"),
+}
+
+
+def config_from_official(cfg: dict) -> DA3Config:
+    """Translate DA3 constructor arguments to DA3Config.
+
+    Accepts the official YAML config (`configs/da3-*.yaml` as in the manifests' "config": `net`, `head`, `cam_enc`,
+    `gs_head`) or the arguments recorded by the reduced fixtures (fixtures/da3_tiny*/config.json).
+    """
+    if "backbone_ViT_args" in cfg:
+        vit, net, head, cam_enc = (cfg["backbone_ViT_args"], cfg["backbone_DinoV2_args"], cfg["head_DualDPT_args"],
+                                   cfg["cam_enc_CameraEnc_args"])  # fmt: skip
+        width, depth, heads = vit["embed_dim"], vit["depth"], vit["num_heads"]
+        ffn = "swiglu" if "swiglu" in vit["ffn_layer"] else "mlp"
+        cam_enc_heads, cam_enc_depth = cam_enc["num_heads"], cam_enc["trunk_depth"]
+        gs = cfg.get("gs")
+    else:
+        net, head = cfg["net"], cfg["head"]
+        if net["name"] not in _DA3_VITS or not net.get("cat_token", True):
+            raise ConfigError(
+                f"official DA3 config: only the any-view nets ({', '.join(_DA3_VITS)}) are built, got {net}"
+            )
+        width, depth, heads, ffn = _DA3_VITS[net["name"]]
+        cam_enc_heads, cam_enc_depth = (
+            cfg.get("cam_enc", {}).get("num_heads", 16),
+            cfg.get("cam_enc", {}).get("trunk_depth", 4),
+        )
+        gs = cfg.get("gs_head")
+    return DA3Config(
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        ffn_layer=ffn,
+        alt_start=net["alt_start"],
+        qknorm_start=net["qknorm_start"],
+        rope_start=net["rope_start"],
+        out_layers=tuple(net["out_layers"]),
+        head_features=head["features"],
+        head_out_channels=tuple(head["out_channels"]),
+        cam_enc_num_heads=cam_enc_heads,
+        cam_enc_depth=cam_enc_depth,
+        enable_gs_head=gs is not None,
     )
 
 

@@ -186,7 +186,7 @@ def predict(
         sync()
     forward_ms = (time.perf_counter() - start) * 1e3
     image_hw = (int(images.shape[-2]), int(images.shape[-1]))
-    fields = CONVERTERS[model.family](out, image_hw)
+    fields = CONVERTERS[model.spec.family](out, image_hw)
     S = images.shape[0]
     dense = np.arange(S) if dense_frames is None else dense_frames.cpu().numpy()
     metadata: dict[str, Any] = {"num_frames": S}
@@ -194,7 +194,7 @@ def predict(
     if plan is not None:
         metadata["reduction_plan"] = plan
     return Prediction(
-        model=getattr(model, "preset_name", model.family),
+        model=model.spec.name,
         image_hw=image_hw,
         dense_frames=dense,
         timings_ms={"forward": round(forward_ms, 3)},

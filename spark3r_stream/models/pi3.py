@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spark3r_stream.errors import ConfigError
 from spark3r_stream.models.heads import LinearPts3d, Pi3CameraHead, TransformerDecoder
 from spark3r_stream.models.layers import Block, DinoVisionTransformer, RotaryEmbedding2D, TokenLayout, grid_positions
 from spark3r_stream.models.targets import ReductionTargets, map_sensitive_layers
@@ -52,6 +53,39 @@ def reduction_targets(cfg: Pi3Config) -> ReductionTargets:
         reference_frame=None,  # π³ has no reference view (reference_pi3.md §2.2)
         # Spark3R §IV-D: π³ global layers 11–16 of 18; other depths by relative depth
         sensitive_layers=map_sensitive_layers(range(11, 17), 18, cfg.num_global_layers),
+    )
+
+
+def config_from_official(cfg: dict) -> Pi3Config:
+    """Translate π³'s constructor arguments to Pi3Config.
+
+    Accepts the released constructor's kwargs (`{"pos_type": "rope100", "decoder_size": "large"}`, the only working
+    combination) or the per-module arguments recorded by the reduced fixture (fixtures/pi3_tiny/config.json).
+    """
+    if "encoder" not in cfg:
+        if cfg.get("pos_type", "rope100") != "rope100" or cfg.get("decoder_size", "large") != "large":
+            raise ConfigError(f"official π³ config: only pos_type 'rope100' with decoder_size 'large' works, got {cfg}")
+        return Pi3Config()
+    enc, dec, point, cam = cfg["encoder"]["args"], cfg["decoder"], cfg["point_decoder"]["args"], cfg["camera_decoder"]
+    if enc["embed_dim"] != dec["args"]["dim"]:
+        raise ConfigError(f"official π³ config: encoder width {enc['embed_dim']} != decoder width {dec['args']['dim']}")
+    return Pi3Config(
+        img_size=enc["img_size"],
+        patch_size=enc["patch_size"],
+        embed_dim=enc["embed_dim"],
+        encoder_depth=enc["depth"],
+        encoder_num_heads=enc["num_heads"],
+        encoder_num_register_tokens=enc["num_register_tokens"],
+        depth=dec["dec_depth"],
+        num_heads=dec["args"]["num_heads"],
+        mlp_ratio=dec["args"]["mlp_ratio"],
+        num_register_tokens=cfg["register_token"]["shape"][2],
+        init_values=dec["args"]["init_values"],
+        head_embed_dim=point["dec_embed_dim"],
+        head_depth=point["depth"],
+        head_num_heads=point["dec_num_heads"],
+        point_out_dim=point["out_dim"],
+        camera_dim=cam["args"]["out_dim"],
     )
 
 

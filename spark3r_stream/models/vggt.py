@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spark3r_stream.errors import ConfigError
 from spark3r_stream.models.heads import CameraHead, DPTHead, TrackHead
 from spark3r_stream.models.layers import Block, DinoVisionTransformer, RotaryEmbedding2D, TokenLayout, grid_positions
 from spark3r_stream.models.targets import ReductionTargets, map_sensitive_layers
@@ -67,6 +68,45 @@ def reduction_targets(cfg: VGGTConfig) -> ReductionTargets:
         special_tokens_per_frame=cfg.num_special_tokens,
         reference_frame=0,  # frame 0 has its own camera/register tokens and defines the world frame
         sensitive_layers=map_sensitive_layers(range(11, 17), 24, cfg.depth),  # Spark3R §IV-D, VGGT 11–16 of 24
+    )
+
+
+def config_from_official(cfg: dict) -> VGGTConfig:
+    """Translate the official VGGT constructor arguments (fixtures' config.json["config"]) to VGGTConfig."""
+    top, agg, enc, cam, dpt = cfg["vggt"], cfg["aggregator"], cfg["patch_embed"], cfg["camera_head"], cfg["depth_head"]
+    if agg["aa_order"] != ["frame", "global"] or agg["aa_block_size"] != 1:
+        raise ConfigError(
+            f"official VGGT config: only aa_order [frame, global] with block size 1 is supported, got {agg}"
+        )
+    return VGGTConfig(
+        img_size=top["img_size"],
+        patch_size=top["patch_size"],
+        embed_dim=top["embed_dim"],
+        depth=agg["depth"],
+        num_heads=agg["num_heads"],
+        mlp_ratio=agg["mlp_ratio"],
+        num_register_tokens=agg["num_register_tokens"],
+        qk_norm=agg["qk_norm"],
+        rope_freq=agg["rope_freq"],
+        init_values=agg["init_values"],
+        encoder=EncoderConfig(
+            embed_dim=enc["embed_dim"],
+            depth=enc["depth"],
+            num_heads=enc["num_heads"],
+            mlp_ratio=enc["mlp_ratio"],
+            num_register_tokens=enc["num_register_tokens"],
+            ffn_layer="swiglu" if "swiglu" in str(enc["ffn_layer"]) else "mlp",
+        ),
+        camera_trunk_depth=cam["trunk_depth"],
+        camera_num_heads=cam["num_heads"],
+        camera_iterations=cam.get("forward_num_iterations", 4),
+        dpt_features=dpt["features"],
+        dpt_out_channels=tuple(dpt["out_channels"]),
+        dpt_layers=tuple(dpt["intermediate_layer_idx"]),
+        enable_camera=top["enable_camera"],
+        enable_depth=top["enable_depth"],
+        enable_point=top["enable_point"],
+        enable_track=top["enable_track"],
     )
 
 

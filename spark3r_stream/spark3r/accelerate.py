@@ -12,14 +12,13 @@ from spark3r_stream.spark3r.reducer import GlobalReducer, attached_reducers, new
 
 
 def _declared_targets(model: nn.Module) -> ReductionTargets:
-    # The registry knows which family a built model is; the reduction itself only reads the returned data.
-    from spark3r_stream.models.registry import reduction_targets_of
-
-    if not hasattr(model, "family"):
+    """What the model declares (`model.spec`, set by build_model): the reduction reads only this data."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
         raise ConfigError(
-            f"spark3r accelerate {type(model).__name__}: not built by build_model (no family); pass targets="
+            f"spark3r accelerate {type(model).__name__}: not built by build_model (no spec); pass targets="
         )
-    return reduction_targets_of(model)
+    return spec.reduction_targets
 
 
 def accelerate(
@@ -29,7 +28,7 @@ def accelerate(
 
     Args:
         config: None = the paper's defaults.
-        targets: what the backbone declares (default: `reduction_targets_of(model)` for a `build_model` model).
+        targets: what the backbone declares (default: `model.spec.reduction_targets` for a `build_model` model).
 
     Every forward then sets `model.last_reduction_plan` (a JSON-able dict of the per-layer factors and counts).
     """

@@ -100,7 +100,7 @@ def run_probe(
     return {
         "format": SCHEDULE_FORMAT,
         "version": 1,
-        "model": model_name or getattr(model, "preset_name", type(model).__name__),
+        "model": model_name or getattr(getattr(model, "spec", None), "name", type(model).__name__),
         "num_layers": num_layers,
         "sensitive_layers": [entry["layer"] for entry in layers if entry["sensitive"]],
         "threshold": threshold,
@@ -140,14 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="square render size (default: the preset's)")
     parser.add_argument("sequences", nargs="+", metavar="SEQUENCE", help="synth:SEED:FRAMES")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from spark3r_stream.models import build_model
-    from spark3r_stream.models.registry import get_preset
+    from spark3r_stream.models import load_model
 
     try:
-        preset = get_preset(args.model)
-        patch = preset.config.patch_size
-        size = (args.size or preset.input_size) // patch * patch
-        model = build_model(args.model, weights=args.weights)
+        model = load_model(args.model, weights=args.weights)
+        patch = model.config.patch_size
+        size = (args.size or model.spec.input_size) // patch * patch
         sequences = [parse_sequence_spec(spec, size, size) for spec in args.sequences]
         schedule = run_probe(
             model,

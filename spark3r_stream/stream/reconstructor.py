@@ -70,18 +70,22 @@ class WindowReconstructor:
 
     @classmethod
     def from_config(cls, config: ReconstructionConfig) -> WindowReconstructor:
-        from spark3r_stream.offline import InferOptions, load_model, resolve_device
+        from spark3r_stream.models.loading import load_model
+        from spark3r_stream.spark3r.plan import load_config_file
 
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        options = InferOptions(
-            model=config.model,
+        spark3r = (
+            load_config_file(config.spark3r_config) if config.spark3r and config.spark3r_config else config.spark3r
+        )
+        model = load_model(
+            config.model,
             weights=config.weights,
             random_weights=config.random_weights,
-            spark3r=config.spark3r,
-            spark3r_config=config.spark3r_config,
+            device=config.device,
+            spark3r=spark3r,
         )
-        return cls(load_model(options, resolve_device(config.device)), config)
+        return cls(model, config)
 
     def add_keyframe(self, keyframe_id: int, image: np.ndarray) -> None:
         """Store a keyframe (uint8 [H, W, 3] at model resolution); sent once, kept until it leaves every window."""

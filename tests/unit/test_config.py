@@ -19,7 +19,7 @@ from spark3r_stream.stream.windows import WindowSchedulerConfig
 from spark3r_stream.viz.rerun_logger import RerunConfig
 
 
-class Color(str, Enum):
+class Color(str, Enum):  # noqa: UP042 - the loader must take the (str, Enum) form users write
     RED = "red"
     BLUE = "blue"
 

@@ -44,6 +44,8 @@ def test_batch_pose_encoding_round_trips_to_the_targets(sequence):
 
 def test_correspondence_head_starts_from_no_motion():
     head = CorrespondenceHead(8, (4, 4), 14)
+    assert head.mlp[-1].weight.abs().max() > 0  # small, not zero: a zero last layer would block the backbone's gradient
+    torch.nn.init.zeros_(head.mlp[-1].weight)
     uv = head(torch.randn(1, 2, 5 + 16, 8), patch_start_idx=5)
     assert uv.shape == (1, 2, 16, 2)
     np.testing.assert_allclose(uv[0, 0, 0].detach().numpy(), [7 / 55 * 2 - 1] * 2, atol=1e-6)

@@ -1,0 +1,1 @@
+"""Spark3R reduction presets (YAML)."""
