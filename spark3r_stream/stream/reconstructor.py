@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spark3r_stream.errors import ConfigError
+from spark3r_stream.config import check_field
+from spark3r_stream.spark3r.plan import Spark3RConfig, load_config_file
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,20 @@ class ReconstructionConfig:
     weights: str | None = None  # checkpoint path or hub id; None = the preset's shipped weights
     random_weights: bool = False  # smoke tests only
     device: str = "auto"
-    spark3r: bool = True
-    spark3r_config: str | None = None  # configs/spark3r/*.yaml; None = the paper's defaults
+    # The reduction: Spark3RConfig fields (`{}` = the paper's), false/null = the dense model; true means `{}`.
+    spark3r: Spark3RConfig | bool | None = field(default_factory=Spark3RConfig)
+    spark3r_config: str | None = None  # a configs/spark3r/*.yaml file used instead of `spark3r`'s fields
     encoder_cache: bool = True
     refresh_budget: int = 2  # older keyframes whose depth is re-decoded per run (oldest decode first)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def __post_init__(self) -> None:
-        if self.refresh_budget < 0:
-            raise ConfigError(f"reconstruction.refresh_budget: expected int >= 0, got {self.refresh_budget}")
+        check_field(self, "refresh_budget", self.refresh_budget >= 0, "int >= 0")
+        if self.spark3r is True or (self.spark3r_config and self.spark3r not in (None, False)):
+            spark3r = load_config_file(self.spark3r_config) if self.spark3r_config else Spark3RConfig()
+            object.__setattr__(self, "spark3r", spark3r)
+        elif self.spark3r is False:
+            object.__setattr__(self, "spark3r", None)
 
 
 @dataclass

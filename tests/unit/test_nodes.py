@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from spark3r_stream.config import CONFIGS_DIR
+from spark3r_stream.errors import ConfigError
 from spark3r_stream.launcher import LAUNCH_DIR, load_launch_file, resolve, translate_overrides
 from spark3r_stream.transport.endpoints import NODE_EDGES
 
@@ -68,3 +70,23 @@ def test_remote_launch_file_binds_beyond_loopback_only_where_it_says_so(tmp_path
     binds = [e for n in nodes.values() for e in n.config["endpoints"] if e["bind"] and "0.0.0.0" in e["address"]]
     assert {e["edge"] for e in binds} == {"keyframes", "results"}
     assert all(e["allow_remote_bind"] for e in binds)
+
+
+def test_reconstruction_spark3r_config_is_typed_from_the_launch_file_and_set(tmp_path):
+    from spark3r_stream.config import from_dict
+    from spark3r_stream.spark3r import Spark3RConfig
+    from spark3r_stream.stream.reconstructor import ReconstructionConfig
+
+    def reconstruction(overrides):
+        spec, source = load_launch_file("demo", overrides)
+        node = next(n for n in resolve(spec, source, tmp_path, "t") if n.kind == "reconstruction")
+        return from_dict(ReconstructionConfig, node.config["params"])
+
+    assert reconstruction([]).spark3r == Spark3RConfig()  # the paper's reduction by default
+    assert reconstruction(["reconstruction.spark3r.group_size=10"]).spark3r.group_size == 10
+    assert reconstruction(["reconstruction.spark3r=false"]).spark3r is None
+    assert from_dict(ReconstructionConfig, {"spark3r": True}).spark3r == Spark3RConfig()
+    q_only = from_dict(ReconstructionConfig, {"spark3r_config": str(CONFIGS_DIR / "spark3r" / "q-only.yaml")})
+    assert q_only.spark3r.r_kv == 1 and q_only.spark3r != Spark3RConfig()
+    with pytest.raises(ConfigError, match=r"spark3r.group_size: expected int >= 1, got 0"):
+        reconstruction(["reconstruction.spark3r.group_size=0"])
