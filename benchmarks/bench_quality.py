@@ -37,11 +37,13 @@ PATHS = ("handheld", "orbit")
 def held_out_table(model, num_sequences: int, num_frames: int) -> list[dict]:
     """Per camera path and over both: the model's means next to the baselines' (`num_sequences` per path)."""
     from spark3r_stream.eval.model_eval import baseline_rows, evaluate_model, held_out_sequences, summarize
+    from spark3r_stream.report import progress
 
     by_path = {}
     for path in PATHS:
         rows = []
-        for sequence in held_out_sequences(num_sequences, num_frames, size=model.config.img_size, path=path):
+        sequences = held_out_sequences(num_sequences, num_frames, size=model.config.img_size, path=path)
+        for sequence in progress(sequences, desc=f"{num_frames} frames, {path}"):
             rows += [evaluate_model(model, sequence), *baseline_rows(sequence)]
         by_path[path] = rows
     every = [row for rows in by_path.values() for row in rows]

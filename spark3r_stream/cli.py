@@ -88,16 +88,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_sequence,
         summarize,
     )
-    from spark3r_stream.models.registry import get_preset
     from spark3r_stream.offline import load_model, resolve_device
+    from spark3r_stream.report import progress
 
     if not args.sequences and not args.pairs:
         raise Spark3RError("eval: give sequences to score, --pairs N, or both")
     options = model_options(args)
     model = load_model(options, resolve_device(args.device))
     rows = []
-    for spec in args.sequences:
-        sequence = load_sequence(spec, get_preset(args.model).input_size, args.max_frames)
+    for spec in progress(args.sequences, desc="eval"):
+        sequence = load_sequence(spec, model.spec.input_size, args.max_frames)
         rows += [evaluate_model(model, sequence), *baseline_rows(sequence)]
     table = format_markdown_table(rows + summarize(rows), QUALITY_COLUMNS) if rows else ""
     pairs = held_out_pair_errors(model, num_pairs=args.pairs) if args.pairs else None

@@ -1,4 +1,4 @@
-"""RunReport (the JSON every command and node writes), Stopwatch timings and a progress helper."""
+"""RunReport (the JSON every command and node writes), Stopwatch timings and progress bars."""
 
 from __future__ import annotations
 
@@ -128,15 +128,8 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def progress(items: Iterable[T], total: int | None = None, desc: str = "", every_s: float = 2.0) -> Iterator[T]:
-    """Yield items, logging `desc i/total (rate/s)` at most every `every_s` seconds (long loops only)."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    start = last = time.perf_counter()
-    for i, item in enumerate(items, 1):
-        yield item
-        now = time.perf_counter()
-        if now - last >= every_s or (total is not None and i == total and now - start >= every_s):
-            rate = i / max(now - start, 1e-9)
-            log.info("%s %d/%s (%.1f/s)", desc, i, total if total is not None else "?", rate)
-            last = now
+def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
+    """A tqdm progress bar over `items` on an interactive terminal; the bare items elsewhere (logs, CI, pipes)."""
+    from tqdm import tqdm
+
+    return iter(tqdm(items, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True))

@@ -81,12 +81,13 @@ def held_out_pair_errors(
     translation directions (a guess that ignores the images scores ~90°). Fast enough to run on every checkpoint.
     """
     from spark3r_stream.models import predict
+    from spark3r_stream.report import progress
     from spark3r_stream.synth import render_sequence
 
     rng = np.random.default_rng(0)
     size = model.config.img_size
     rotation, identity, direction = [], [], []
-    for seed in range(first_seed, first_seed + num_pairs):
+    for seed in progress(range(first_seed, first_seed + num_pairs), desc="pair probe"):
         seq = render_sequence(seed, 14, height=size, width=size, step_m=0.12, turn_deg=float(rng.uniform(2, 8)))
         gap = int(rng.integers(2, 5))
         first = int(rng.integers(0, seq.num_frames - gap))

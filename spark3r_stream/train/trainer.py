@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.models import build_model, load_weights
@@ -313,6 +315,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    bar = tqdm(total=cfg.total_steps, initial=step, desc="train", disable=not sys.stderr.isatty(), dynamic_ncols=True)
     try:
         while step < cfg.total_steps:
             if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
@@ -338,6 +341,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             record = {k: v.item() for k, v in losses.items()} | {"total": total.item(), "grad_norm": grad_norm.item()}
             for k, v in record.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v
+            bar.update(1)
             if step % cfg.log_every == 0:
                 entry = {
                     "step": step,
@@ -347,6 +351,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 }
                 log_file.write(json.dumps(entry | record | ratios(running)) + "\n")
                 log_file.flush()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in ratios(running).items()})
                 log.info(
                     "step %d clip %d lr %.2e %s",
                     step,
@@ -359,6 +364,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
     except KeyboardInterrupt as exc:
         log.info("stopping at step %d (%s)", step, exc)
     finally:
+        bar.close()
         checkpoint()
         log_file.close()
         for sig, handler in previous.items():
