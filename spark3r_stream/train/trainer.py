@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ from spark3r_stream.train.data import Batch, MotionRange, ScenePool, make_batch
 from spark3r_stream.train.init import adamw_param_groups, init_for_training
 from spark3r_stream.train.losses import (
     CorrespondenceHead,
+    MatchingHead,
     camera_loss,
     confident_regression,
-    correspondence_errors,
     quaternion_errors,
 )
 
@@ -76,6 +77,9 @@ class TrainConfig:
     preset: str = "vggt-tiny"
     model_overrides: tuple[tuple[str, object], ...] = ()  # family-config fields, e.g. (("global_rope", False),)
     tie_global_qk: bool = True
+    correspondence_head: Literal["matching", "regression"] = (
+        "matching"  # train/losses.py: MatchingHead, CorrespondenceHead
+    )
     total_steps: int = 9_000
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95: moments follow a change of the loss set within ~20 steps
@@ -209,33 +213,34 @@ def ship_weights(weights: Path, preset: str) -> Path:
 
 
 def training_losses(
-    model: torch.nn.Module, aux: CorrespondenceHead, batch: Batch, stage: Stage, cfg: TrainConfig
+    model: torch.nn.Module, aux: CorrespondenceHead | MatchingHead, batch: Batch, stage: Stage, cfg: TrainConfig
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each loss term of `stage`, their weighted sum, and the log's reference values (`no_motion`: the
     correspondence error of "every patch stays put"; `quat`/`quat_identity`: the last iteration's quaternion L1 and
     the identity guess's). Heads in float32, as in the forward."""
     if stage.matching_only:
         tokens, patch_start_idx = model.aggregator(batch.images, keep_layers={model.config.depth - 1})
-        error, no_motion = correspondence_errors(aux(tokens[-1], patch_start_idx).float(), batch, aux.centres)
-        return {"correspondence": error, "no_motion": no_motion}, stage.correspondence_weight * error
+        loss, error, no_motion = aux.losses(tokens[-1], patch_start_idx, batch)
+        terms = {"correspondence": loss, "corr_l1": error, "no_motion": no_motion}
+        return terms, stage.correspondence_weight * loss
     out = model(batch.images, return_tokens=True)
-    pred_uv = aux(out["aggregator_tokens"][-1], model.aggregator.patch_start_idx)
+    loss, error, no_motion = aux.losses(out["aggregator_tokens"][-1], model.aggregator.patch_start_idx, batch)
     pose_enc_list = [p.float() for p in out["pose_enc_list"]]
-    error, no_motion = correspondence_errors(pred_uv.float(), batch, aux.centres)
     quat, quat_identity = quaternion_errors(pose_enc_list[-1].detach(), batch.pose_enc)
     losses = {
         "camera": camera_loss(pose_enc_list, batch.pose_enc),
         "depth": confident_regression(out["depth"][..., 0], out["depth_conf"], batch.depth, batch.valid),
         "points": confident_regression(out["world_points"], out["world_points_conf"], batch.world_points, batch.valid),
-        "correspondence": error,
+        "correspondence": loss,
     }
     total = (
         cfg.camera_weight * losses["camera"]
         + cfg.depth_weight * losses["depth"]
         + cfg.points_weight * losses["points"]
-        + stage.correspondence_weight * error
+        + stage.correspondence_weight * loss
     )
-    return losses | {"no_motion": no_motion, "quat": quat, "quat_identity": quat_identity}, total
+    references = {"corr_l1": error, "no_motion": no_motion, "quat": quat, "quat_identity": quat_identity}
+    return losses | references, total
 
 
 def ratios(running: dict[str, float]) -> dict[str, float]:
@@ -243,7 +248,7 @@ def ratios(running: dict[str, float]) -> dict[str, float]:
     (both 1.0 for a model that ignores the other view)."""
     out = {}
     if running.get("no_motion"):
-        out["corr_ratio"] = running["correspondence"] / running["no_motion"]
+        out["corr_ratio"] = running["corr_l1"] / running["no_motion"]
     if running.get("quat_identity"):
         out["quat_ratio"] = running["quat"] / running["quat_identity"]
     return out
@@ -258,7 +263,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
     model = build_model(cfg.preset, random_weights=True, **dict(cfg.model_overrides))
     model = init_for_training(model, tie_global_qk=cfg.tie_global_qk).train()
     grid = model.config.img_size // model.config.patch_size
-    aux = CorrespondenceHead(2 * model.config.embed_dim, (grid, grid), model.config.patch_size)
+    head = MatchingHead if cfg.correspondence_head == "matching" else CorrespondenceHead
+    aux = head(2 * model.config.embed_dim, (grid, grid), model.config.patch_size)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(adamw_param_groups([model, aux], cfg.weight_decay), betas=cfg.betas)
     step = warm_from = 0

@@ -71,7 +71,7 @@ def test_quaternion_errors_score_the_identity_guess():
     target[0, 1, 3:7] = torch.tensor([0.0, np.sin(0.1), 0.0, np.cos(0.1)])
     pred, identity = quaternion_errors(target.clone(), target)
     assert pred.item() == 0.0 and identity.item() == pytest.approx((np.sin(0.1) + 1 - np.cos(0.1)) / 4)
-    assert ratios({"quat": 1.0, "quat_identity": 2.0, "correspondence": 3.0, "no_motion": 4.0}) == {
+    assert ratios({"quat": 1.0, "quat_identity": 2.0, "corr_l1": 3.0, "no_motion": 4.0}) == {
         "corr_ratio": 0.75,
         "quat_ratio": 0.5,
     }
@@ -182,3 +182,23 @@ def test_weight_decay_skips_gammas_norms_biases_and_tokens():
     for name in ("aggregator.global_blocks.0.ls1.gamma", "aggregator.camera_token", "aggregator.patch_embed.pos_embed"):
         assert id(named[name]) in skipped, name
     assert id(named["aggregator.global_blocks.0.attn.qkv.weight"]) not in skipped
+
+
+def test_matching_head_targets_are_bilinear_over_patch_centres_and_score_like_the_regression():
+    from spark3r_stream.train.losses import MatchingHead
+
+    head = MatchingHead(8, (4, 4), 14)
+    centres = head.centres
+    targets = head.soft_targets(centres)
+    torch.testing.assert_close(targets, torch.eye(16))  # a patch centre is all on its own patch
+    between = head.soft_targets((centres[0] + centres[1]) / 2)
+    assert between[0].item() == pytest.approx(0.5) and between[1].item() == pytest.approx(0.5)
+    assert head.soft_targets(torch.tensor([[0.999, -0.999]])).sum().item() == pytest.approx(1.0)  # clamped corner
+    # frame 1 shows frame 0 shifted by one patch to the right: a perfect matcher scores far below "no motion"
+    batch = type("B", (), {})()
+    batch.patch_uv = torch.stack([centres, centres + torch.tensor([28 / 55, 0.0])])[None]
+    batch.patch_visible = torch.ones(1, 2, 16, dtype=bool)
+    batch.patch_visible[0, 1, [3, 7, 11, 15]] = False  # the last column leaves the view
+    cross_entropy, error, no_motion = head.losses(torch.randn(1, 2, 21, 8), 5, batch)
+    assert cross_entropy.item() > 0 and no_motion.item() == pytest.approx(28 / 55)
+    assert error.item() > 0.1  # an untrained head's expected position is near the image centre
