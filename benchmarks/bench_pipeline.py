@@ -72,44 +72,42 @@ def run_demo(frames: int, random_weights: bool, out: Path) -> dict[str, Any]:
 
 
 def memory_sweep(num_keyframes: int) -> list[dict[str, float]]:
+    """The reconstruction and fusion steps of stream.pipeline on `num_keyframes` keyframes (random weights and
+    images: memory does not depend on them), RSS every 100 keyframes."""
     import torch
 
     from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
+    from spark3r_stream.stream.pipeline import FusionStep, ReconstructionStep
     from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
     from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
+    from spark3r_stream.transport.messages import Keyframe, WindowRequest
 
     torch.manual_seed(0)
-    recon = WindowReconstructor.from_config(ReconstructionConfig(random_weights=True))
+    recon = ReconstructionStep(WindowReconstructor.from_config(ReconstructionConfig(random_weights=True)))
     scheduler = WindowScheduler(WindowSchedulerConfig(stride=16, max_window=20, overlap=4))
-    gmap = GlobalMap(GlobalMapConfig(max_points_per_keyframe=500, max_total_points=200_000, max_cached_images=32))
+    fusion = FusionStep(
+        GlobalMap(GlobalMapConfig(max_points_per_keyframe=500, max_total_points=200_000, max_cached_images=32))
+    )
     rng = np.random.default_rng(0)
     rows, base = [], rss_mb()
     for keyframe_id in range(num_keyframes):
         image = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
-        recon.add_keyframe(keyframe_id, image)
-        gmap.add_keyframe(keyframe_id, keyframe_id, keyframe_id / 30, image)
+        keyframe = Keyframe(keyframe_id=keyframe_id, frame_seq=keyframe_id, t_capture=keyframe_id / 30, image=image)
+        recon.on_keyframe(keyframe)
+        fusion.on_keyframe(keyframe)
         run = scheduler.add(keyframe_id)
         if run is not None:
-            out = recon.run(run.window_id, run.keyframe_ids)
-            recon.forget(set(run.keyframe_ids))
-            gmap.integrate_window(
-                out.window_id,
-                out.keyframe_ids,
-                out.world_from_cam,
-                out.intrinsics,
-                out.dense_keyframe_ids,
-                out.depth,
-                out.depth_conf,
-            )
+            result = recon.on_request(WindowRequest(window_id=run.window_id, keyframe_ids=run.keyframe_ids))
+            fusion.on_result(result)
         if (keyframe_id + 1) % 100 == 0:
             rows.append(
                 {
                     "keyframes": keyframe_id + 1,
                     "rss_mb": round(rss_mb(), 1),
                     "rss_growth_mb": round(rss_mb() - base, 1),
-                    "stored_images": len(recon.images),
-                    "cached_encodings": len(recon.encoded),
-                    "map_points": gmap.num_points,
+                    "stored_images": len(recon.reconstructor.images),
+                    "cached_encodings": len(recon.reconstructor.encoded),
+                    "map_points": fusion.gmap.num_points,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

@@ -13,14 +13,11 @@ import logging
 import resource
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-import numpy as np
 
 from spark3r_stream.errors import ConfigError, Spark3RError
 
@@ -152,37 +149,3 @@ def node_loop(ctx: NodeContext, report: Any) -> Iterator[Any]:
             yield loop
         finally:
             report.set("max_rss_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-
-
-class StageTimer:
-    """Per-message wall time of one stage (handler), summarised for the report: count, mean, p50, p95, max in ms."""
-
-    def __init__(self) -> None:
-        self.samples_ms: dict[str, list[float]] = {}
-
-    def wrap(self, stage: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        samples = self.samples_ms.setdefault(stage, [])
-
-        def timed(msg: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return handler(msg)
-            finally:
-                samples.append((time.perf_counter() - start) * 1e3)
-
-        return timed
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for stage, samples in self.samples_ms.items():
-            if samples:
-                arr = np.asarray(samples)
-                out[stage] = {
-                    "count": len(arr),
-                    "mean_ms": round(float(arr.mean()), 3),
-                    "p50_ms": round(float(np.percentile(arr, 50)), 3),
-                    "p95_ms": round(float(np.percentile(arr, 95)), 3),
-                    "max_ms": round(float(arr.max()), 3),
-                    "total_s": round(float(arr.sum()) / 1e3, 3),
-                }
-        return out

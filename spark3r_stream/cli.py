@@ -118,20 +118,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spark3r_stream.launcher import launch, summarize_run
-
+    if args.frames is not None and args.frames < 1:
+        raise Spark3RError(f"demo --frames {args.frames}: expected >= 1")
     overrides = [f"capture.frames={args.frames}"] if args.frames else []
     overrides += ["fusion.rerun.spawn=true"] if args.viewer else []
-    code = launch("demo", args.out, overrides)
-    print(summarize_run(args.out))
-    return code
+    return _run_launch_file("demo", args.out, overrides, args.single_process)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from spark3r_stream.launcher import launch, summarize_run
+    return _run_launch_file(args.file, args.out, args.set, getattr(args, "single_process", False))
 
-    code = launch(args.file, args.out, args.set)
-    print(summarize_run(args.out))
+
+def _run_launch_file(file: str, out: str, overrides: list[str], single_process: bool) -> int:
+    from spark3r_stream.launcher import launch, run_single_process, summarize_run
+
+    code = run_single_process(file, out, overrides) if single_process else launch(file, out, overrides)
+    print(summarize_run(out))
     return code
 
 
@@ -229,13 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--frames", type=int, help="frames of the synthetic sequence (default: the launch file's)")
     p.add_argument("--viewer", action="store_true", help="also spawn a Rerun viewer (needs a display)")
+    p.add_argument("--single-process", action="store_true", help="every step in this process (no ZeroMQ)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("launch", help="run a launch file: every node its own process")
-    p.add_argument("file", help="launch file (path, or a name in launch/: demo, replay_tum, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override (repeatable)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=cmd_launch)
+    for name, text in (
+        ("launch", "run a launch file: every node its own process"),
+        ("run", "run a launch file: every node its own process, or all in this one with --single-process"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("file", help="launch file (path, or a name in launch/: demo, replay_tum, ...)")
+        p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override (repeatable)")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--single-process", action="store_true", help="every step in this process (no ZeroMQ)")
+        p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("run-node", help="run one node by hand (e.g. reconstruction on another host)")
     p.add_argument("name", help="node name in the launch file (capture, keyframes, reconstruction, fusion)")

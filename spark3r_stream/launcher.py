@@ -548,6 +548,39 @@ def launch(path: str | Path, out: str | Path, overrides: Sequence[str] = (), **k
     return Launcher(spec, source, out, **kwargs).run()
 
 
+def run_single_process(path: str | Path, out: str | Path, overrides: Sequence[str] = ()) -> int:
+    """The launch file's pipeline in this one process (stream.pipeline.Pipeline): same steps, no transport.
+
+    Exit 0 ok, 2 bad config or input (one line, as the launcher), 1 a failure mid-run (outputs still written)."""
+    from spark3r_stream.report import RunReport
+    from spark3r_stream.sources import open_source
+    from spark3r_stream.stream.pipeline import Pipeline
+
+    spec, source = load_launch_file(path, overrides)
+    out = Path(out).resolve()
+    params = {node.kind: node.config.get("params") or {} for node in resolve(spec, source, out, "single-process")}
+    pipeline = Pipeline.from_params(params, out, str(source))
+    frames = open_source(params["capture"])
+    report = RunReport("pipeline (single process)", out / "report.json")
+    report.set("source", frames.info)
+    try:
+        pipeline.run(frames, out, report)
+    except KeyboardInterrupt:
+        report.finish("stopped")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the outputs are written by run(); the report says why it stopped
+        log.exception("single-process run failed")
+        report.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        report.set("source_counters", dict(frames.counters))
+        frames.close()
+        report.write()
+    report.finish("ok")
+    report.write()
+    return 0
+
+
 def summarize_run(out: str | Path) -> str:
     """A few lines for the console: where the outputs are, frames accounted for, throughput, ATE."""
     out = Path(out)
@@ -557,6 +590,11 @@ def summarize_run(out: str | Path) -> str:
     report = json.loads(path.read_text())
     pipeline = report.get("pipeline", {})
     acc = pipeline.get("accounting", {})
+    if pipeline.get("mode") == "single-process":
+        frames = (report.get("selection") or {}).get("frames") or {}
+        acc = {"frames_captured": pipeline.get("frames"), "frames_received": pipeline.get("frames"), "frames_lost": 0,
+               "frames_stale_dropped": 0, "all_frames_accounted": True, "keyframes_sent": frames.get("keyframes"),
+               "window_results_received": (report.get("windows") or {}).get("count")}  # fmt: skip
     lines = [f"outputs in {out.resolve()}/ (status {report.get('status')}, exit code {pipeline.get('exit_code')})"]
     for name, file in sorted((report.get("outputs") or {}).items()):
         lines.append(f"  {name}: {file}")
@@ -591,6 +629,7 @@ __all__ = [
     "find_launch_file",
     "launch",
     "load_launch_file",
+    "run_single_process",
     "node_config_from",
     "summarize_run",
 ]

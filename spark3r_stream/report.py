@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from spark3r_stream import __version__
 
@@ -133,3 +135,37 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> It
     from tqdm import tqdm
 
     return iter(tqdm(items, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True))
+
+
+class StageTimer:
+    """Per-message wall time of one stage (handler), summarised for the report: count, mean, p50, p95, max in ms."""
+
+    def __init__(self) -> None:
+        self.samples_ms: dict[str, list[float]] = {}
+
+    def wrap(self, stage: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        samples = self.samples_ms.setdefault(stage, [])
+
+        def timed(msg: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return handler(msg)
+            finally:
+                samples.append((time.perf_counter() - start) * 1e3)
+
+        return timed
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, samples in self.samples_ms.items():
+            if samples:
+                arr = np.asarray(samples)
+                out[stage] = {
+                    "count": len(arr),
+                    "mean_ms": round(float(arr.mean()), 3),
+                    "p50_ms": round(float(np.percentile(arr, 50)), 3),
+                    "p95_ms": round(float(np.percentile(arr, 95)), 3),
+                    "max_ms": round(float(arr.max()), 3),
+                    "total_s": round(float(arr.sum()) / 1e3, 3),
+                }
+        return out

@@ -77,3 +77,11 @@ def test_bench_quality_quick_scores_model_baselines_and_spark3r(capsys):
         assert method in out
     assert "| handheld |" in out and "| orbit |" in out and "## Held-out pairs" in out
     assert sorted(RESULTS.iterdir()) == before
+
+
+def test_bench_pipeline_memory_sweep_runs_the_pipeline_steps_with_bounded_stores():
+    from benchmarks.bench_pipeline import memory_sweep
+
+    (row,) = memory_sweep(100)
+    assert row["keyframes"] == 100 and row["map_points"] > 0
+    assert row["stored_images"] <= 20 and row["cached_encodings"] <= 20  # bounded by the window, not the stream

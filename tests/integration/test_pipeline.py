@@ -114,3 +114,21 @@ def test_tum_folder_replay(tmp_path):
     assert report["frames"]["with_ground_truth"] == 5
     assert len(tum_rows(out / "groundtruth.tum")) == len(tum_rows(out / "trajectory.tum")) == 5
     assert report["trajectory"]["all_frames"]["num_poses"] == 5
+
+
+def test_single_process_pipeline_matches_the_nodes(synth_run, tmp_path):
+    """The same steps in one process (stream.pipeline) give the same map as the four processes."""
+    out, _ = synth_run
+    single = tmp_path / "single"
+    result = spark3r("run", "demo", "--single-process", "--out", str(single), "--set", f"capture.frames={NUM_FRAMES}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = read_report(single)
+    assert report["pipeline"]["mode"] == "single-process" and report["pipeline"]["frames"] == NUM_FRAMES
+    times, poses = read_tum(single / "trajectory_keyframes.tum")
+    ref_times, ref_poses = read_tum(out / "trajectory_keyframes.tum")
+    np.testing.assert_array_equal(times, ref_times)
+    np.testing.assert_allclose(poses, ref_poses, atol=1e-4)
+    assert report["trajectory"]["all_frames"]["ate_rmse_m"] == pytest.approx(
+        read_report(out)["trajectory"]["all_frames"]["ate_rmse_m"], rel=1e-3
+    )
+    assert f"frames: {NUM_FRAMES} captured" in result.stdout

@@ -1,0 +1,262 @@
+"""The whole chain in one process, step by step: frames -> keyframe selection -> window scheduling -> reconstruction
+-> the global map (MASt3R-SLAM's single-thread mode is the model).
+
+Each step is what one node does: the keyframes, reconstruction and fusion nodes (`spark3r_stream.nodes`) are loops
+over the same `KeyframeStep`, `ReconstructionStep` and `FusionStep` with transport in between; `Pipeline` chains them
+directly (`spark3r launch FILE --single-process`, the benchmarks, tests). Messages are the transport's dataclasses
+either way, so both run the same code on the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spark3r_stream.eval.trajectory import trajectory_metrics_from_files, write_tum
+from spark3r_stream.report import RunReport, StageTimer
+from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
+from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
+from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
+from spark3r_stream.transport.messages import Frame, FrameRecord, Keyframe, MapUpdate, WindowRequest, WindowResult
+
+log = logging.getLogger(__name__)
+
+
+class KeyframeStep:
+    """Frames -> one FrameRecord each, plus a Keyframe and possibly a WindowRequest when the frame is selected."""
+
+    def __init__(self, selector: KeyframeSelectorConfig, windows: WindowSchedulerConfig) -> None:
+        self.selector = KeyframeSelector(selector)
+        self.scheduler = WindowScheduler(windows)
+
+    def on_frame(self, frame: Frame) -> list[FrameRecord | Keyframe | WindowRequest]:
+        chosen = self.selector.offer(frame.frame_seq, frame.t_capture, frame.image)
+        record = FrameRecord(
+            frame_seq=frame.frame_seq,
+            t_capture=frame.t_capture,
+            keyframe_id=None if chosen is None else chosen.keyframe_id,
+            gt_world_from_cam=frame.world_from_cam,
+        )
+        if chosen is None:
+            return [record]
+        keyframe = Keyframe(
+            keyframe_id=chosen.keyframe_id, frame_seq=chosen.frame_seq, t_capture=chosen.t_capture, image=chosen.image
+        )
+        request = self._request(self.scheduler.add(chosen.keyframe_id))
+        return [record, keyframe] + ([request] if request is not None else [])
+
+    def on_end(self) -> WindowRequest | None:
+        """The last window (the keyframes since the previous run), once the frames have ended."""
+        return self._request(self.scheduler.flush())
+
+    def summary(self) -> dict[str, Any]:
+        return {"frames": dict(self.selector.counts), "windows": {"num_runs": self.scheduler.num_runs}}
+
+    @staticmethod
+    def _request(run) -> WindowRequest | None:
+        return None if run is None else WindowRequest(window_id=run.window_id, keyframe_ids=run.keyframe_ids)
+
+
+class ReconstructionStep:
+    """Keyframes and window requests -> WindowResults (the backbone on growing windows).
+
+    Keyframes are stored once and forgotten when they leave the window. A request naming keyframes that are not
+    stored (sent before a restart of the reconstruction node) runs on the ones that are, and counts the rest.
+    """
+
+    def __init__(self, reconstructor: Any, name: str = "reconstruction") -> None:
+        self.reconstructor = reconstructor  # a stream.reconstructor.WindowReconstructor (imports torch)
+        self.name = name  # in the log lines
+        self.counters: Counter[str] = Counter()
+        self.plans: list[Any] = []
+
+    def on_keyframe(self, keyframe: Keyframe) -> None:
+        self.reconstructor.add_keyframe(keyframe.keyframe_id, keyframe.image)
+
+    def on_request(self, request: WindowRequest) -> WindowResult | None:
+        ids = tuple(k for k in request.keyframe_ids if k in self.reconstructor.images)
+        if len(ids) < len(request.keyframe_ids):
+            self.counters["dropped.missing_keyframes"] += len(request.keyframe_ids) - len(ids)
+        if not ids:
+            self.counters["dropped.empty_window"] += 1
+            return None
+        output = self.reconstructor.run(request.window_id, ids)
+        self.reconstructor.forget(set(ids))  # a later run only holds these or newer keyframes: memory ~ window
+        self.plans.append(output.plan)
+        log.info(
+            "%s: window %d, %d keyframes (%d dense) in %.0f ms",
+            self.name,
+            output.window_id,
+            len(ids),
+            len(output.dense_keyframe_ids),
+            output.timings.get("forward_ms", 0.0),
+        )
+        return WindowResult(**dataclasses.asdict(output))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "encoder_cache": dict(self.reconstructor.stats),
+            "reduction_plans": self.plans[-3:],
+            "num_runs": self.reconstructor.num_runs,
+        }
+
+
+class FusionStep:
+    """Frame records, keyframes and window results -> the global map, the Rerun recording and the run's outputs."""
+
+    def __init__(self, gmap: GlobalMap, viewer: Any = None) -> None:
+        self.gmap = gmap
+        self.viewer = viewer  # a viz.rerun_logger.MapLogger; None records nothing (benchmarks)
+        self.newest = {"frame_seq": 0, "t": 0.0}
+        self.num_frames = 0
+        self.windows: list[dict[str, Any]] = []
+        self.plans: dict[str, Any] = {}
+
+    def on_frame_record(self, record: FrameRecord) -> None:
+        self.num_frames += 1
+        self.gmap.record_frame(record.frame_seq, record.t_capture, record.gt_world_from_cam)
+
+    def on_keyframe(self, keyframe: Keyframe) -> None:
+        self.gmap.add_keyframe(keyframe.keyframe_id, keyframe.frame_seq, keyframe.t_capture, keyframe.image)
+        self.newest.update(frame_seq=keyframe.frame_seq, t=keyframe.t_capture)
+
+    def on_result(self, result: WindowResult) -> MapUpdate | None:
+        fields = ("window_id", "keyframe_ids", "world_from_cam", "intrinsics", "dense_keyframe_ids", "depth")
+        step = self.gmap.integrate_window(*(getattr(result, f) for f in fields), result.depth_conf)
+        if self.viewer is not None:
+            self.viewer.sync(self.gmap, self.newest["frame_seq"], self.newest["t"])
+        summary = {"num_dense": len(result.dense_keyframe_ids), "alignment": step.alignment.summary()}
+        self.windows.append({"window_id": result.window_id, "timings": result.timings, **summary})
+        self.plans[result.model] = result.plan
+        return self.poses()
+
+    def poses(self, snapshot: bool = False) -> MapUpdate | None:
+        """Every keyframe's current pose (a snapshot for subscribers that join late)."""
+        ids = tuple(self.gmap.keyframe_ids)
+        if not ids:
+            return None
+        stacked = np.stack([self.gmap.world_from_cam(k) for k in ids])
+        return MapUpdate(keyframe_ids=ids, world_from_cam=stacked, is_snapshot=snapshot)
+
+    def finish(self, out: Path, report: RunReport) -> None:
+        """Everything fusion leaves behind, with what it has (also after a signal or an upstream failure): the
+        trajectories, map.ply, groundtruth.tum, the finished recording, and ATE against the ground truth."""
+        gmap = self.gmap
+        report.set("windows", {"count": len(self.windows), "runs": self.windows})
+        report.set("reduction_plans", self.plans)
+        report.set("keyframes", {"posed": len(gmap.keyframe_ids), "points": gmap.num_points})
+        outputs = gmap.export(out) if gmap.keyframe_ids else {}
+        if self.viewer is not None:
+            self.viewer.finish(gmap, self.newest["frame_seq"], self.newest["t"])
+            outputs["recording"] = self.viewer.config.rrd_path
+        gt_times, gt_poses = gmap.ground_truth()
+        report.set("frames", {"logged": self.num_frames, "with_ground_truth": len(gt_times)})
+        trajectory = {}
+        if len(gt_times):
+            outputs["groundtruth"] = out / "groundtruth.tum"
+            write_tum(outputs["groundtruth"], gt_times, gt_poses, comment="ground truth of the same frames")
+            for name, key in (("all_frames", "trajectory"), ("keyframes", "trajectory_keyframes")):
+                if len(gmap.keyframe_ids) >= 3:  # same timestamps in both files: associated exactly
+                    trajectory[name] = trajectory_metrics_from_files(outputs[key], outputs["groundtruth"])
+        for name, path in outputs.items():
+            if path is not None:
+                report.output(name, path)
+        report.set("trajectory", trajectory)
+        if "all_frames" in trajectory:
+            log.info("ATE %.4f m (Sim(3), every frame)", trajectory["all_frames"]["ate_rmse_m"])
+
+
+@dataclass
+class Pipeline:
+    """The three steps chained in this process: every message goes straight to the step that takes it."""
+
+    keyframes: KeyframeStep
+    reconstruction: ReconstructionStep
+    fusion: FusionStep
+    timer: StageTimer = field(default_factory=StageTimer)
+
+    def __post_init__(self) -> None:
+        wrap = self.timer.wrap
+        self._routes = {
+            FrameRecord: [self.fusion.on_frame_record],
+            Keyframe: [
+                wrap("store_keyframe", self.reconstruction.on_keyframe),
+                wrap("add_keyframe", self.fusion.on_keyframe),
+            ],
+            WindowRequest: [wrap("reconstruct_window", self.reconstruction.on_request)],
+            WindowResult: [wrap("fuse_window", self.fusion.on_result)],
+        }
+        self._select = wrap("select_keyframe", self.keyframes.on_frame)
+
+    def process(self, frame: Frame) -> None:
+        self._deliver(self._select(frame))
+
+    def end(self) -> None:
+        self._deliver([self.keyframes.on_end()])
+
+    def run(self, frames: Iterable[Frame], out: str | Path, report: RunReport | None = None) -> RunReport:
+        """Process every frame, then the last window; write the outputs and report.json into `out`."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        report = report or RunReport("pipeline (single process)", out / "report.json")
+        start, count = time.perf_counter(), 0
+        try:
+            for frame in frames:
+                self.process(frame)
+                count += 1
+            self.end()
+        finally:
+            wall_s = time.perf_counter() - start
+            report.set("pipeline", {"mode": "single-process", "frames": count, "wall_s": round(wall_s, 3),
+                                    "frames_per_s": round(count / wall_s, 2) if wall_s > 0 else None})  # fmt: skip
+            report.set("selection", self.keyframes.summary())
+            report.set(
+                "reconstruction", self.reconstruction.summary() | {"counters": dict(self.reconstruction.counters)}
+            )
+            report.set("stages", self.timer.summary())
+            self.fusion.finish(out, report)
+            report.write()
+        return report
+
+    @classmethod
+    def from_params(cls, params: dict[str, dict[str, Any]], out: str | Path, source: str = "<params>") -> Pipeline:
+        """The steps from the nodes' params of a launch file (`{"keyframes": {...}, "reconstruction": {...},
+        "fusion": {...}}`); errors name `source` and the key."""
+        from spark3r_stream.config import from_dict
+        from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+        from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
+
+        def config(cls_, node: str, key: str | None = None):
+            data = params.get(node) or {}
+            return from_dict(cls_, data.get(key) if key else data, source=f"{source}: nodes.{node}.params")
+
+        fusion = params.get("fusion") or {}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        rerun = config(RerunConfig, "fusion", "rerun")
+        if fusion.get("save_rrd", True) and rerun.rrd_path is None:
+            rerun = dataclasses.replace(rerun, rrd_path=Path(out) / "recording.rrd")
+        return cls(
+            KeyframeStep(
+                config(KeyframeSelectorConfig, "keyframes", "selector"),
+                config(WindowSchedulerConfig, "keyframes", "windows"),
+            ),
+            ReconstructionStep(WindowReconstructor.from_config(config(ReconstructionConfig, "reconstruction"))),
+            FusionStep(GlobalMap(config(GlobalMapConfig, "fusion", "map")), MapLogger.open(rerun)),
+        )
+
+    def _deliver(self, messages: list[Any]) -> None:
+        queue = [m for m in messages if m is not None]
+        while queue:
+            message = queue.pop(0)
+            for handler in self._routes[type(message)]:
+                produced = handler(message)
+                if produced is not None and not isinstance(produced, (MapUpdate, Keyframe)):
+                    queue.append(produced)
