@@ -27,6 +27,9 @@ def body(ctx: NodeContext) -> int:
         rerun = dataclasses.replace(rerun, rrd_path=ctx.out / "recording.rrd")
     ctx.out.mkdir(parents=True, exist_ok=True)
     viewer = MapLogger.open(dataclasses.replace(rerun, recording_id=rerun.recording_id or ctx.run_id or None))
+    # the resolved config of every node (the launcher writes them all before starting any), into the recording
+    configs = sorted((ctx.out / "launch").glob("*.yaml"))
+    viewer.log_run_config("\n".join(f"# {path.name}\n{path.read_text()}" for path in configs))
     step, timer = FusionStep(GlobalMap(ctx.config(GlobalMapConfig, "map")), viewer), StageTimer()
     report = ctx.report(ctx.out / "report.json")
     with node_loop(ctx, report) as loop:

@@ -36,11 +36,41 @@ def model_options(args: argparse.Namespace, **extra):
     )
 
 
+def add_viewer_options(parser: argparse.ArgumentParser) -> None:
+    """The same Rerun flags on every command that records (infer, demo, launch, run): one RerunConfig behind them."""
+    group = parser.add_argument_group("viewer (Rerun; headless by default: only the .rrd file is written)")
+    group.add_argument("--spawn", action="store_true", help="start a local Rerun viewer and stream to it (a display)")
+    group.add_argument("--connect", metavar="URL", help="stream to a running viewer, e.g. rerun+http://HOST:9876/proxy")
+    group.add_argument("--rrd", metavar="PATH", help="save the recording here (default: OUT/recording.rrd)")
+    group.add_argument("--no-rrd", action="store_true", help="save no recording")
+
+
+def viewer_config(args: argparse.Namespace, out: Path):
+    """The RerunConfig of the viewer flags."""
+    from spark3r_stream.viz.rerun_logger import RerunConfig
+
+    if args.no_rrd and args.rrd:
+        raise Spark3RError("--rrd and --no-rrd: give one of them")
+    rrd = None if args.no_rrd else Path(args.rrd) if args.rrd else out / "recording.rrd"
+    return RerunConfig(spawn=args.spawn, connect_url=args.connect, rrd_path=rrd)
+
+
+def viewer_overrides(args: argparse.Namespace) -> list[str]:
+    """The viewer flags as launch-file overrides of the fusion node (its `rerun` params and `save_rrd`)."""
+    overrides = ["fusion.rerun.spawn=true"] if args.spawn else []
+    overrides += [f"fusion.rerun.connect_url={args.connect}"] if args.connect else []
+    if args.no_rrd and args.rrd:
+        raise Spark3RError("--rrd and --no-rrd: give one of them")
+    overrides += [f"fusion.rerun.rrd_path={Path(args.rrd).resolve()}"] if args.rrd else []
+    overrides += ["fusion.save_rrd=false"] if args.no_rrd else []
+    return overrides
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from spark3r_stream.offline import run_inference
 
-    options = model_options(args, spark3r_config=args.spark3r_config, mode=args.mode, save_rrd=not args.no_rrd)
-    report = run_inference(args.inputs, Path(args.out), options)
+    options = model_options(args, spark3r_config=args.spark3r_config, mode=args.mode)
+    report = run_inference(args.inputs, Path(args.out), options, viewer_config(args, Path(args.out)))
     print(f"wrote {args.out} ({report['counters']['frames']} frames, forward {report['timings_ms']['forward']:.0f} ms)")
     return 0
 
@@ -121,12 +151,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise Spark3RError(f"demo --frames {args.frames}: expected >= 1")
     overrides = [f"capture.frames={args.frames}"] if args.frames else []
-    overrides += ["fusion.rerun.spawn=true"] if args.viewer else []
-    return _run_launch_file("demo", args.out, overrides, args.single_process)
+    return _run_launch_file("demo", args.out, overrides + viewer_overrides(args), args.single_process)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    return _run_launch_file(args.file, args.out, args.set, getattr(args, "single_process", False))
+    return _run_launch_file(args.file, args.out, viewer_overrides(args) + args.set, args.single_process)
 
 
 def _run_launch_file(file: str, out: str, overrides: list[str], single_process: bool) -> int:
@@ -181,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spark3r-config", help="Spark3R preset YAML (configs/spark3r/*.yaml)")
     p.add_argument("--mode", default="crop", choices=["crop", "pad"], help="VGGT preprocessing mode (π³/DA3: one each)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
-    p.add_argument("--no-rrd", action="store_true", help="do not write recording.rrd")
     p.add_argument("--out", required=True)
+    add_viewer_options(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("train", help="train (or resume) a small model on rendered scenes")
@@ -230,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on a bundled synthetic sequence (launch/demo.yaml)")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--frames", type=int, help="frames of the synthetic sequence (default: the launch file's)")
-    p.add_argument("--viewer", action="store_true", help="also spawn a Rerun viewer (needs a display)")
     p.add_argument("--single-process", action="store_true", help="every step in this process (no ZeroMQ)")
+    add_viewer_options(p)
     p.set_defaults(func=cmd_demo)
 
     for name, text in (
@@ -243,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override (repeatable)")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--single-process", action="store_true", help="every step in this process (no ZeroMQ)")
+        add_viewer_options(p)
         p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("run-node", help="run one node by hand (e.g. reconstruction on another host)")

@@ -560,6 +560,8 @@ def run_single_process(path: str | Path, out: str | Path, overrides: Sequence[st
     out = Path(out).resolve()
     params = {node.kind: node.config.get("params") or {} for node in resolve(spec, source, out, "single-process")}
     pipeline = Pipeline.from_params(params, out, str(source))
+    if pipeline.fusion.viewer is not None:
+        pipeline.fusion.viewer.log_run_config(yaml.safe_dump(params, sort_keys=False))
     frames = open_source(params["capture"])
     report = RunReport("pipeline (single process)", out / "report.json")
     report.set("source", frames.info)

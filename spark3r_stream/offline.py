@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import yaml
 
 from spark3r_stream.models import Prediction, predict
 from spark3r_stream.models.loading import load_model as models_load_model
@@ -34,7 +35,6 @@ class InferOptions:
     spark3r_config: str | None = None
     mode: str = "crop"
     device: str = "auto"
-    save_rrd: bool = True
 
 
 def load_model(options: InferOptions, device: torch.device | str | None = None) -> torch.nn.Module:
@@ -101,8 +101,11 @@ def fuse(prediction: Prediction, images: torch.Tensor, names: Sequence[str]) -> 
     return global_map
 
 
-def run_inference(inputs: Sequence[str], out_dir: Path, options: InferOptions) -> dict:
-    """Preprocess the images, run the model once, and write depth, cameras, a PLY, a .rrd and report.json."""
+def run_inference(
+    inputs: Sequence[str], out_dir: Path, options: InferOptions, viewer: RerunConfig | None = None
+) -> dict:
+    """Preprocess the images, run the model once, and write depth, cameras, a PLY, report.json and the recording
+    (`viewer`: default out_dir/recording.rrd)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = RunReport("infer", out_dir / "report.json")
     report.set("config", asdict(options))
@@ -123,10 +126,15 @@ def run_inference(inputs: Sequence[str], out_dir: Path, options: InferOptions) -
             write_cameras(out_dir, names, prediction, scale)
             global_map = fuse(prediction, images, names)
             exports = global_map.export(out_dir)
-            if options.save_rrd:
-                logger = MapLogger.open(RerunConfig(rrd_path=out_dir / "recording.rrd"))
+            viewer = RerunConfig(rrd_path=out_dir / "recording.rrd") if viewer is None else viewer
+            if viewer.spawn or viewer.connect_url or viewer.rrd_path:
+                logger = MapLogger.open(viewer)
+                logger.log_run_config(
+                    yaml.safe_dump({"infer": asdict(options), "inputs": list(inputs)}, sort_keys=False)
+                )
                 logger.finish(global_map, prediction.num_frames - 1, float(prediction.num_frames - 1))
-                report.output("recording.rrd", out_dir / "recording.rrd")
+                if viewer.rrd_path:
+                    report.output("recording.rrd", viewer.rrd_path)
         report.data["timings_ms"] = watch.as_dict() | prediction.timings_ms
         report.count("frames", len(paths))
         report.count("map_points", len(global_map.fused().points))

@@ -34,6 +34,7 @@ class EntityPaths:
     TRAJECTORY = "world/trajectory"  # line strip through the keyframe centres, in time order
     FUSED_MAP = "world/map"  # voxel-fused points
     LATEST_DEPTH = "latest_keyframe/depth"  # 2-D view of the newest keyframe's depth
+    RUN_CONFIG = "run/config"  # the resolved configuration of the run, as a text document
     TIMELINE_FRAME = "frame_seq"
     TIMELINE_TIME = "capture_time"
 
@@ -54,7 +55,7 @@ class EntityPaths:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RerunConfig:
+class RerunConfig:  # every command's viewer flags map onto this (cli.add_viewer_options)
     """Where the recording goes (any combination of viewer, URL and file; memory alone, for tests) and what is in it."""
 
     spawn: bool = False  # start a local viewer (needs a display) and stream to it
@@ -145,6 +146,10 @@ class MapLogger:
         logger = cls(recording, config)
         logger.memory = memory
         return logger
+
+    def log_run_config(self, text: str) -> None:
+        """The run's resolved configuration (YAML) as a text document: a recording says how it was made."""
+        self.recording.log(EntityPaths.RUN_CONFIG, rr.TextDocument(text, media_type="text/plain"), static=True)
 
     def set_time(self, frame_seq: int, capture_time: float) -> None:
         """Set both timelines for the following log calls (`capture_time` in seconds)."""

@@ -132,3 +132,8 @@ def test_single_process_pipeline_matches_the_nodes(synth_run, tmp_path):
         read_report(out)["trajectory"]["all_frames"]["ate_rmse_m"], rel=1e-3
     )
     assert f"frames: {NUM_FRAMES} captured" in result.stdout
+
+
+def test_recording_carries_the_resolved_run_config(synth_run):
+    out, _ = synth_run
+    assert "run/config" in recorded_entity_paths(out / "recording.rrd")

@@ -90,3 +90,21 @@ def test_reconstruction_spark3r_config_is_typed_from_the_launch_file_and_set(tmp
     assert q_only.spark3r.r_kv == 1 and q_only.spark3r != Spark3RConfig()
     with pytest.raises(ConfigError, match=r"spark3r.group_size: expected int >= 1, got 0"):
         reconstruction(["reconstruction.spark3r.group_size=0"])
+
+
+def test_viewer_flags_are_the_same_on_every_recording_command(tmp_path):
+    from spark3r_stream.cli import build_parser, viewer_config, viewer_overrides
+
+    parser = build_parser()
+    for command in (
+        ["infer", "x", "--out", "o"],
+        ["demo"],
+        ["launch", "demo", "--out", "o"],
+        ["run", "demo", "--out", "o"],
+    ):
+        args = parser.parse_args([*command, "--spawn", "--connect", "rerun+http://h:9876/proxy", "--rrd", "r.rrd"])
+        assert (args.spawn, args.connect, args.rrd, args.no_rrd) == (True, "rerun+http://h:9876/proxy", "r.rrd", False)
+    args = parser.parse_args(["demo", "--no-rrd"])
+    assert viewer_overrides(args) == ["fusion.save_rrd=false"]
+    assert viewer_config(args, tmp_path).rrd_path is None
+    assert viewer_config(parser.parse_args(["demo"]), tmp_path).rrd_path == tmp_path / "recording.rrd"
