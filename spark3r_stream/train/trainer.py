@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +70,9 @@ class Stage:
 # What the pose stages train on (research/tiny_model_training.md, study 2): visible motion, no forward paths.
 POSE_MOTION = MotionRange(min_deg=4.0, max_deg=25.0, min_m=0.15, max_m=0.7)
 POSE_PATHS = ("handheld", "handheld", "orbit")
+POSE_PAIRS = Stage(
+    start_step=0, clip_len=2, num_clips=24, gaps=(2, 4), turn_deg=(2.0, 8.0), paths=POSE_PATHS, motion=POSE_MOTION
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,9 +80,8 @@ class TrainConfig:
     preset: str = "vggt-tiny"
     model_overrides: tuple[tuple[str, object], ...] = ()  # family-config fields, e.g. (("global_rope", False),)
     tie_global_qk: bool = True
-    correspondence_head: Literal["matching", "regression"] = (
-        "matching"  # train/losses.py: MatchingHead, CorrespondenceHead
-    )
+    # the matching auxiliary (train/losses.py): MatchingHead ("matching") or CorrespondenceHead ("regression")
+    correspondence_head: Literal["matching", "regression"] = "matching"
     total_steps: int = 9_000
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95: moments follow a change of the loss set within ~20 steps
@@ -97,38 +99,10 @@ class TrainConfig:
         Stage(
             start_step=600, clip_len=2, num_clips=24, gaps=(1, 3), turn_deg=(2.0, 6.0), step_m=0.1, matching_only=True
         ),
-        Stage(
-            start_step=1_200,
-            clip_len=2,
-            num_clips=24,
-            gaps=(2, 4),
-            turn_deg=(2.0, 8.0),
-            paths=POSE_PATHS,
-            motion=POSE_MOTION,
-            matching_only=True,
-        ),
+        replace(POSE_PAIRS, start_step=1_200, matching_only=True),
         # The heads learn on the fixed backbone first, then everything, at a lower lr with matching kept on.
-        Stage(
-            start_step=2_500,
-            clip_len=2,
-            num_clips=24,
-            gaps=(2, 4),
-            turn_deg=(2.0, 8.0),
-            paths=POSE_PATHS,
-            motion=POSE_MOTION,
-            freeze_backbone=True,
-        ),
-        Stage(
-            start_step=3_000,
-            clip_len=2,
-            num_clips=24,
-            gaps=(2, 4),
-            turn_deg=(2.0, 8.0),
-            paths=POSE_PATHS,
-            motion=POSE_MOTION,
-            lr=3e-4,
-            correspondence_weight=2.0,
-        ),
+        replace(POSE_PAIRS, start_step=2_500, freeze_backbone=True),
+        replace(POSE_PAIRS, start_step=3_000, lr=3e-4, correspondence_weight=2.0),
         # A model that only saw pairs does not do 16-frame windows: longer clips once pairs have left identity.
         Stage(
             start_step=5_000,
