@@ -202,3 +202,13 @@ def test_matching_head_targets_are_bilinear_over_patch_centres_and_score_like_th
     cross_entropy, error, no_motion = head.losses(torch.randn(1, 2, 21, 8), 5, batch)
     assert cross_entropy.item() > 0 and no_motion.item() == pytest.approx(28 / 55)
     assert error.item() > 0.1  # an untrained head's expected position is near the image centre
+
+
+def test_curve_table_reads_the_training_log(tmp_path, capsys):
+    from spark3r_stream.train.curves import main
+
+    log = tmp_path / "loss_log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": s, "lr": 1e-3, "corr_ratio": 1 - s / 1000}) for s in (50, 100, 200)))
+    assert main([str(log), "--every", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "| step | lr | corr_ratio |" in out and "| 200 | 0.001 | 0.8 |" in out and "| 50 |" not in out
