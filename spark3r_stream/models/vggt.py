@@ -254,6 +254,13 @@ class VGGT(nn.Module):
             dense_frames: frames whose depth/points are decoded (default all); the camera head always sees all.
             return_all_layers: keep every aggregator layer, returned as `aggregator_tokens` (debugging, parity).
             return_tokens: return the kept aggregator layers as `aggregator_tokens` (training auxiliaries).
+
+        Returns (S' = the decoded frames, all S by default), each head's keys only when the head is enabled:
+            pose_enc [B, S, 9] (translation, quaternion xyzw, FoV h/w; camera-from-world of the last refinement),
+            pose_enc_list: the 4 refinement iterations' pose_enc,
+            depth [B, S', H, W, 1], depth_conf [B, S', H, W],
+            world_points [B, S', H, W, 3] (in frame 0's camera frame), world_points_conf [B, S', H, W],
+            images [B, S, 3, H, W] in eval mode, aggregator_tokens (list over layers of [B, S, P, 2C] or None).
         """
         if images.dim() == 4:
             images = images.unsqueeze(0)
