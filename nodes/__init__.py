@@ -87,7 +87,7 @@ class NodeContext:
 
 def parse_args(kind: str, argv: Sequence[str] | None) -> NodeContext:
     """Parse `--config FILE [--name NAME] [--set k=v ...] [--out DIR]`, set up logging; ConfigError if bad."""
-    from spark3r_stream.launcher import node_config_from
+    from spark3r_stream.launch_files import node_config_from
 
     parser = argparse.ArgumentParser(prog=f"python -m spark3r_stream.nodes.{kind}")
     parser.add_argument("--config", required=True, help="node config (<out>/launch/NAME.yaml) or a launch file")

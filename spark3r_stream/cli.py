@@ -171,7 +171,7 @@ def cmd_run_node(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from spark3r_stream.launcher import node_config_from
+    from spark3r_stream.launch_files import node_config_from
 
     config = node_config_from(args.config, args.name, [f"{args.name}.{s}" for s in args.set], out=args.out)
     path = _Path(config["out"]) / "launch" / f"{args.name}.yaml"

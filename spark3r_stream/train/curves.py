@@ -12,7 +12,18 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = ("step", "lr", "clip_len", "corr_ratio", "quat_ratio", "correspondence", "camera", "depth", "points", "step_s")
+COLUMNS = (
+    "step",
+    "lr",
+    "clip_len",
+    "corr_ratio",
+    "quat_ratio",
+    "correspondence",
+    "camera",
+    "depth",
+    "points",
+    "step_s",
+)
 
 
 def read_log(path: str | Path) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spark3r_stream.errors import ConfigError
-from spark3r_stream.launcher import load_launch_file
+from spark3r_stream.launch_files import load_launch_file
 from tests.integration.conftest import RANDOM, LauncherProcess, read_report, spark3r
 
 pytestmark = pytest.mark.fault

@@ -11,7 +11,7 @@ import pytest
 
 from spark3r_stream.config import CONFIGS_DIR
 from spark3r_stream.errors import ConfigError
-from spark3r_stream.launcher import LAUNCH_DIR, load_launch_file, resolve, translate_overrides
+from spark3r_stream.launch_files import LAUNCH_DIR, load_launch_file, resolve, translate_overrides
 from spark3r_stream.transport.endpoints import NODE_EDGES
 
 NODES_DIR = Path(__file__).resolve().parents[2] / "nodes"

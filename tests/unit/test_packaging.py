@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from spark3r_stream.config import CONFIGS_DIR
-from spark3r_stream.launcher import LAUNCH_DIR
+from spark3r_stream.launch_files import LAUNCH_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spark3r_stream.config import from_dict
-from spark3r_stream.launcher import load_launch_file, resolve
+from spark3r_stream.launch_files import load_launch_file, resolve
 from spark3r_stream.models import load_weights, model_from_official_config, reduction_targets_of
 from spark3r_stream.models.preprocess import da3_target_size, pi3_target_size
 from spark3r_stream.models.registry import get_preset
