@@ -130,6 +130,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     bf16: bool = True
+    # depth/point heads decode this fraction of each clip's frames (drawn per step; at least one): the DPT heads are
+    # ~3/4 of a full step's time on the CPU, and every frame still gets its camera and matching losses
+    dense_fraction: float = 0.5
     num_threads: int = 2
     out_dir: str = "checkpoints/vggt-tiny"
     schedule_total_steps: int | None = None  # lr schedule length if different from total_steps (run in parts)
@@ -187,24 +190,34 @@ def ship_weights(weights: Path, preset: str) -> Path:
 
 
 def training_losses(
-    model: torch.nn.Module, aux: CorrespondenceHead | MatchingHead, batch: Batch, stage: Stage, cfg: TrainConfig
+    model: torch.nn.Module,
+    aux: CorrespondenceHead | MatchingHead,
+    batch: Batch,
+    stage: Stage,
+    cfg: TrainConfig,
+    dense_frames: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each loss term of `stage`, their weighted sum, and the log's reference values (`no_motion`: the
     correspondence error of "every patch stays put"; `quat`/`quat_identity`: the last iteration's quaternion L1 and
-    the identity guess's). Heads in float32, as in the forward."""
+    the identity guess's). Heads in float32, as in the forward. `dense_frames`: the frames whose depth and points
+    are decoded and scored (None: all)."""
     if stage.matching_only:
         tokens, patch_start_idx = model.aggregator(batch.images, keep_layers={model.config.depth - 1})
         loss, error, no_motion = aux.losses(tokens[-1], patch_start_idx, batch)
         terms = {"correspondence": loss, "corr_l1": error, "no_motion": no_motion}
         return terms, stage.correspondence_weight * loss
-    out = model(batch.images, return_tokens=True)
+    out = model(batch.images, return_tokens=True, dense_frames=dense_frames)
     loss, error, no_motion = aux.losses(out["aggregator_tokens"][-1], model.aggregator.patch_start_idx, batch)
     pose_enc_list = [p.float() for p in out["pose_enc_list"]]
     quat, quat_identity = quaternion_errors(pose_enc_list[-1].detach(), batch.pose_enc)
+    dense = slice(None) if dense_frames is None else dense_frames
+    valid = batch.valid[:, dense]
     losses = {
         "camera": camera_loss(pose_enc_list, batch.pose_enc),
-        "depth": confident_regression(out["depth"][..., 0], out["depth_conf"], batch.depth, batch.valid),
-        "points": confident_regression(out["world_points"], out["world_points_conf"], batch.world_points, batch.valid),
+        "depth": confident_regression(out["depth"][..., 0], out["depth_conf"], batch.depth[:, dense], valid),
+        "points": confident_regression(
+            out["world_points"], out["world_points_conf"], batch.world_points[:, dense], valid
+        ),
         "correspondence": loss,
     }
     total = (
@@ -311,8 +324,14 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
+            num_dense = max(1, round(stage.clip_len * cfg.dense_fraction))
+            dense_frames = (
+                None
+                if num_dense >= stage.clip_len
+                else torch.from_numpy(np.sort(rng.choice(stage.clip_len, num_dense, replace=False)))
+            )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                losses, total = training_losses(model, aux, batch, stage, cfg)
+                losses, total = training_losses(model, aux, batch, stage, cfg, dense_frames)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
