@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from spark3r_stream.errors import ConfigError, Spark3RError
+from spark3r_stream.errors import Spark3RError
 
 T = TypeVar("T")
 _early_signal: list[str] = []  # a SIGINT/SIGTERM that arrived before the node's NodeLoop took over the signals
@@ -65,13 +65,6 @@ class NodeContext:
         except ConfigValueError as exc:
             path = (*self.key.split("."), *([key] if key else []), *exc.path)
             raise ConfigValueError(path, exc.problem, self.source) from None
-
-    def reject_unknown(self, allowed: Sequence[str]) -> None:
-        unknown = sorted(set(self.params) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{self.source}: {self.key}.{unknown[0]}: unknown key; expected one of {', '.join(allowed)}"
-            )
 
     def report(self, path: Path | None = None) -> Any:
         """The node's RunReport, written to `path` (default <out>/nodes/<name>.json) by NodeLoop on exit (even on

@@ -4,33 +4,28 @@ Params: `map` (GlobalMapConfig), `rerun` (RerunConfig; saves <out>/recording.rrd
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 
 from spark3r_stream.nodes import NodeContext, node_loop, run_main
 from spark3r_stream.report import StageTimer
-from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
-from spark3r_stream.stream.pipeline import FusionStep
+from spark3r_stream.stream.global_map import GlobalMap
+from spark3r_stream.stream.pipeline import FusionConfig, FusionStep
 from spark3r_stream.transport import FrameRecord, Keyframe, WindowResult
-from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
+from spark3r_stream.viz.rerun_logger import MapLogger
 
 log = logging.getLogger("nodes.fusion")
-SECTIONS = ("map", "rerun", "save_rrd")
 
 
 def body(ctx: NodeContext) -> int:
-    ctx.reject_unknown(SECTIONS)
-    rerun = ctx.config(RerunConfig, "rerun")
-    if ctx.params.get("save_rrd", True) and rerun.rrd_path is None:
-        rerun = dataclasses.replace(rerun, rrd_path=ctx.out / "recording.rrd")
+    config = ctx.config(FusionConfig)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    viewer = MapLogger.open(dataclasses.replace(rerun, recording_id=rerun.recording_id or ctx.run_id or None))
+    viewer = MapLogger.open(config.rerun_config(ctx.out, ctx.run_id or None))
     # the resolved config of every node (the launcher writes them all before starting any), into the recording
     configs = sorted((ctx.out / "launch").glob("*.yaml"))
     viewer.log_run_config("\n".join(f"# {path.name}\n{path.read_text()}" for path in configs))
-    step, timer = FusionStep(GlobalMap(ctx.config(GlobalMapConfig, "map")), viewer), StageTimer()
+    step, timer = FusionStep(GlobalMap(config.map), viewer), StageTimer()
     report = ctx.report(ctx.out / "report.json")
     with node_loop(ctx, report) as loop:
         loop.on(Keyframe, timer.wrap("add_keyframe", step.on_keyframe))

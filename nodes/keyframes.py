@@ -13,18 +13,14 @@ from collections.abc import Sequence
 
 from spark3r_stream.nodes import NodeContext, node_loop, run_main
 from spark3r_stream.report import StageTimer
-from spark3r_stream.stream.keyframes import KeyframeSelectorConfig
-from spark3r_stream.stream.pipeline import KeyframeStep
-from spark3r_stream.stream.windows import WindowSchedulerConfig
+from spark3r_stream.stream.pipeline import KeyframesConfig, KeyframeStep
 from spark3r_stream.transport import Frame
 
 log = logging.getLogger("nodes.keyframes")
-SECTIONS = ("selector", "windows")
 
 
 def body(ctx: NodeContext) -> int:
-    ctx.reject_unknown(SECTIONS)
-    step = KeyframeStep(ctx.config(KeyframeSelectorConfig, "selector"), ctx.config(WindowSchedulerConfig, "windows"))
+    step = KeyframeStep(ctx.config(KeyframesConfig))
     report, timer = ctx.report(), StageTimer()
     with node_loop(ctx, report) as loop:
         loop.on(Frame, timer.wrap("select_keyframe", step.on_frame))

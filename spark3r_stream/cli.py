@@ -47,7 +47,7 @@ def add_viewer_options(parser: argparse.ArgumentParser) -> None:
 
 def viewer_config(args: argparse.Namespace, out: Path):
     """The RerunConfig of the viewer flags."""
-    from spark3r_stream.viz.rerun_logger import RerunConfig
+    from spark3r_stream.viz.config import RerunConfig
 
     if args.no_rrd and args.rrd:
         raise Spark3RError("--rrd and --no-rrd: give one of them")

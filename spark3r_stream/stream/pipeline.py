@@ -26,16 +26,42 @@ from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
 from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
 from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
 from spark3r_stream.transport.messages import Frame, FrameRecord, Keyframe, MapUpdate, WindowRequest, WindowResult
+from spark3r_stream.viz.config import RerunConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyframesConfig:
+    """The keyframes node's params."""
+
+    selector: KeyframeSelectorConfig = field(default_factory=KeyframeSelectorConfig)
+    windows: WindowSchedulerConfig = field(default_factory=WindowSchedulerConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionConfig:
+    """The fusion node's params: the map, the recording (`rerun`), and whether to save <out>/recording.rrd when
+    `rerun.rrd_path` is not set."""
+
+    map: GlobalMapConfig = field(default_factory=GlobalMapConfig)
+    rerun: RerunConfig = field(default_factory=RerunConfig)
+    save_rrd: bool = True
+
+    def rerun_config(self, out: Path, recording_id: str | None = None) -> RerunConfig:
+        """The RerunConfig of this run: the default .rrd path under `out` and a recording id shared by the nodes."""
+        rerun = self.rerun
+        if self.save_rrd and rerun.rrd_path is None:
+            rerun = dataclasses.replace(rerun, rrd_path=Path(out) / "recording.rrd")
+        return dataclasses.replace(rerun, recording_id=rerun.recording_id or recording_id)
 
 
 class KeyframeStep:
     """Frames -> one FrameRecord each, plus a Keyframe and possibly a WindowRequest when the frame is selected."""
 
-    def __init__(self, selector: KeyframeSelectorConfig, windows: WindowSchedulerConfig) -> None:
-        self.selector = KeyframeSelector(selector)
-        self.scheduler = WindowScheduler(windows)
+    def __init__(self, config: KeyframesConfig) -> None:
+        self.selector = KeyframeSelector(config.selector)
+        self.scheduler = WindowScheduler(config.windows)
 
     def on_frame(self, frame: Frame) -> list[FrameRecord | Keyframe | WindowRequest]:
         chosen = self.selector.offer(frame.frame_seq, frame.t_capture, frame.image)
@@ -232,24 +258,18 @@ class Pipeline:
         "fusion": {...}}`); errors name `source` and the key."""
         from spark3r_stream.config import from_dict
         from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
-        from spark3r_stream.viz.rerun_logger import MapLogger, RerunConfig
+        from spark3r_stream.viz.rerun_logger import MapLogger
 
-        def config(cls_, node: str, key: str | None = None):
-            data = params.get(node) or {}
-            return from_dict(cls_, data.get(key) if key else data, source=f"{source}: nodes.{node}.params")
+        def config(cls_, node: str):
+            return from_dict(cls_, params.get(node) or {}, source=f"{source}: nodes.{node}.params")
 
-        fusion = params.get("fusion") or {}
+        keyframes, fusion = config(KeyframesConfig, "keyframes"), config(FusionConfig, "fusion")
+        reconstruction = config(ReconstructionConfig, "reconstruction")
         Path(out).mkdir(parents=True, exist_ok=True)
-        rerun = config(RerunConfig, "fusion", "rerun")
-        if fusion.get("save_rrd", True) and rerun.rrd_path is None:
-            rerun = dataclasses.replace(rerun, rrd_path=Path(out) / "recording.rrd")
         return cls(
-            KeyframeStep(
-                config(KeyframeSelectorConfig, "keyframes", "selector"),
-                config(WindowSchedulerConfig, "keyframes", "windows"),
-            ),
-            ReconstructionStep(WindowReconstructor.from_config(config(ReconstructionConfig, "reconstruction"))),
-            FusionStep(GlobalMap(config(GlobalMapConfig, "fusion", "map")), MapLogger.open(rerun)),
+            KeyframeStep(keyframes),
+            ReconstructionStep(WindowReconstructor.from_config(reconstruction)),
+            FusionStep(GlobalMap(fusion.map), MapLogger.open(fusion.rerun_config(out))),
         )
 
     def _deliver(self, messages: list[Any]) -> None:

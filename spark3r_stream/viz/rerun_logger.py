@@ -9,21 +9,18 @@ and `capture_time` (seconds as a duration: replayed datasets and synthetic seque
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rerun as rr
 
-from spark3r_stream.config import check_field
 from spark3r_stream.errors import ConfigError
 from spark3r_stream.stream.global_map import GlobalMap
+from spark3r_stream.viz.config import RerunConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EntityPaths", "MapLogger", "RerunConfig", "open_recording"]
-
-DEFAULT_VIEWER_PORT = 9876
 
 
 class EntityPaths:
@@ -52,48 +49,6 @@ class EntityPaths:
     def keyframe_camera(keyframe_id: int) -> str:
         """Pinhole (frustum) with the keyframe's image."""
         return f"world/keyframes/{keyframe_id:06d}/camera"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RerunConfig:  # every command's viewer flags map onto this (cli.add_viewer_options)
-    """Where the recording goes (any combination of viewer, URL and file; memory alone, for tests) and what is in it."""
-
-    spawn: bool = False  # start a local viewer (needs a display) and stream to it
-    connect_url: str | None = None  # stream to a running viewer, e.g. rerun+http://127.0.0.1:9876/proxy
-    rrd_path: Path | None = None  # save an .rrd file
-    memory: bool = False  # keep the recording in memory (tests); cannot be combined with other sinks
-    application_id: str = "spark3r_stream"
-    recording_id: str | None = None  # share one id across nodes to merge their data in one recording
-    viewer_port: int = DEFAULT_VIEWER_PORT
-    jpeg_quality: int | None = 85  # keyframe images JPEG-compressed in the recording; None: raw pixels
-    max_fused_points: int = 500_000  # fused map points logged at most (evenly subsampled beyond)
-    fused_map_every: int = 5  # log the fused map every this many syncs (and always at `finish`)
-    point_radius: float = 0.005  # map units
-
-    def __post_init__(self):
-        check_field(
-            self,
-            "memory",
-            not (self.memory and (self.spawn or self.connect_url or self.rrd_path)),
-            "false when spawn, connect_url or rrd_path is set (memory is a test sink on its own)",
-        )
-        check_field(
-            self,
-            "connect_url",
-            self.connect_url is None or self.connect_url.startswith(("rerun://", "rerun+http://", "rerun+https://")),
-            "a rerun://, rerun+http:// or rerun+https:// URL",
-        )
-        check_field(self, "viewer_port", 1 <= self.viewer_port <= 65535, "a port in [1, 65535]")
-        check_field(
-            self, "jpeg_quality", self.jpeg_quality is None or 1 <= self.jpeg_quality <= 100, "null or int in [1, 100]"
-        )
-        check_field(self, "max_fused_points", self.max_fused_points >= 1, "int >= 1")
-        check_field(self, "fused_map_every", self.fused_map_every >= 1, "int >= 1")
-        check_field(self, "point_radius", self.point_radius > 0, "float > 0")
-
-    @property
-    def is_enabled(self) -> bool:
-        return bool(self.spawn or self.connect_url or self.rrd_path or self.memory)
 
 
 def open_recording(config: RerunConfig) -> tuple[rr.RecordingStream, rr.MemoryRecording | None]:

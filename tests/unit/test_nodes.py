@@ -108,3 +108,16 @@ def test_viewer_flags_are_the_same_on_every_recording_command(tmp_path):
     assert viewer_overrides(args) == ["fusion.save_rrd=false"]
     assert viewer_config(args, tmp_path).rrd_path is None
     assert viewer_config(parser.parse_args(["demo"]), tmp_path).rrd_path == tmp_path / "recording.rrd"
+
+
+def test_keyframes_and_fusion_params_are_typed_and_unknown_keys_are_one_line_errors(tmp_path):
+    from spark3r_stream.config import from_dict
+    from spark3r_stream.stream.pipeline import FusionConfig, KeyframesConfig
+
+    spec, source = load_launch_file("demo", ["fusion.rerun.jpeg_quality=50", "keyframes.windows.stride=5"])
+    params = {n.kind: n.config["params"] for n in resolve(spec, source, tmp_path, "t")}
+    fusion = from_dict(FusionConfig, params["fusion"])
+    assert fusion.rerun.jpeg_quality == 50 and fusion.rerun_config(tmp_path).rrd_path == tmp_path / "recording.rrd"
+    assert from_dict(KeyframesConfig, params["keyframes"]).windows.stride == 5
+    with pytest.raises(ConfigError, match=r"save_rdd: unknown key for FusionConfig; did you mean 'save_rrd'\?"):
+        from_dict(FusionConfig, {"save_rdd": False})
