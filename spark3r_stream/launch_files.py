@@ -37,6 +37,7 @@ import yaml
 
 from spark3r_stream.config import apply_overrides, load_config, load_yaml, package_dir, to_dict
 from spark3r_stream.errors import ConfigError
+from spark3r_stream.input_size import DEFAULT_MODEL
 from spark3r_stream.transport.endpoints import NODE_EDGES, default_run_dir, make_endpoint
 
 LAUNCH_DIR = package_dir("launch")  # the repository's launch/, installed as spark3r_stream.launch
@@ -192,7 +193,21 @@ def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[Reso
             "endpoints": endpoints,
         }
         resolved.append(ResolvedNode(name, entry, kind, config))
+    _size_keyframes_for_the_model(resolved)
     return resolved
+
+
+def _size_keyframes_for_the_model(nodes: list[ResolvedNode]) -> None:
+    """Keyframes are sized for the reconstruction node's model (its preset knows the input size) unless the launch
+    file gives `selector.model_hw` or `selector.model` itself."""
+    model = next((n.config["params"].get("model") for n in nodes if n.kind == "reconstruction"), None)
+    for node in nodes:
+        if node.kind != "keyframes":
+            continue
+        params = node.config["params"]
+        selector = params.get("selector") if isinstance(params.get("selector"), dict) else {}
+        if selector.get("model_hw") is None and selector.get("model") is None:
+            params["selector"] = {**selector, "model": model or DEFAULT_MODEL}
 
 
 def node_config_from(

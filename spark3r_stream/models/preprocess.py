@@ -11,7 +11,6 @@ happens inside our models for every family.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from spark3r_stream.errors import InputError
+from spark3r_stream.input_size import (  # noqa: F401 - the sizing rules are part of this module's API
+    DA3_PROCESS_RES,
+    PI3_PIXEL_LIMIT,
+    da3_bound_size,
+    da3_target_size,
+    pi3_target_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +145,6 @@ def load_and_preprocess_images(
 # ---------------------------------------------------------------------------------------------------------------------
 # π³ and DA3
 
-PI3_PIXEL_LIMIT = 255_000  # `load_images_as_tensor(PIXEL_LIMIT=255000)`
-DA3_PROCESS_RES = 504  # `DepthAnything3.inference(process_res=504)`
-
 
 def _pil_rgb(item: str | Path | Image.Image | np.ndarray) -> Image.Image:
     """π³ and DA3 load with a plain `.convert("RGB")` (alpha dropped, not composited)."""
@@ -156,22 +159,6 @@ def _to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def pi3_target_size(
-    width: int, height: int, pixel_limit: int = PI3_PIXEL_LIMIT, patch_size: int = 14
-) -> tuple[int, int]:
-    """π³'s input (width, height) for a width x height first frame: multiples of 14 near its aspect ratio whose
-    area stays within the pixel budget (1920x1080 -> 672x378, 640x480 -> 574x434)."""
-    scale = math.sqrt(pixel_limit / (width * height))
-    target_w, target_h = width * scale, height * scale
-    k, m = round(target_w / patch_size), round(target_h / patch_size)  # Python round (half to even), as official
-    while (k * patch_size) * (m * patch_size) > pixel_limit:
-        if k / m > target_w / target_h:
-            k -= 1
-        else:
-            m -= 1
-    return max(1, k) * patch_size, max(1, m) * patch_size
-
-
 def load_and_preprocess_images_pi3(
     images: Sequence[str | Path | Image.Image | np.ndarray], pixel_limit: int = PI3_PIXEL_LIMIT
 ) -> torch.Tensor:
@@ -183,33 +170,11 @@ def load_and_preprocess_images_pi3(
     return torch.stack([_to_tensor(frame.resize(size, Image.Resampling.LANCZOS)) for frame in frames])
 
 
-def _da3_bound_size(width: int, height: int, process_res: int) -> tuple[int, int]:
-    longest = max(width, height)
-    if longest == process_res:
-        return width, height
-    scale = process_res / longest
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _nearest_multiple(x: int, patch_size: int) -> int:
-    down = x // patch_size * patch_size
-    return down + patch_size if down + patch_size - x <= x - down else down  # ties go up
-
-
-def da3_target_size(
-    width: int, height: int, process_res: int = DA3_PROCESS_RES, patch_size: int = 14
-) -> tuple[int, int]:
-    """DA3's input (width, height) for one image: long side to `process_res` (sides rounded), then each side to the
-    nearest multiple of 14, ties up (1920x1080 -> 504x284 -> 504x280, 640x480 -> 504x378)."""
-    w, h = _da3_bound_size(width, height, process_res)
-    return max(1, _nearest_multiple(w, patch_size)), max(1, _nearest_multiple(h, patch_size))
-
-
 def preprocess_image_da3(img: Image.Image, process_res: int = DA3_PROCESS_RES, patch_size: int = 14) -> torch.Tensor:
     """One RGB PIL image -> [3, H, W] in [0, 1]: OpenCV cubic when enlarging, area when shrinking, for both resizes."""
     width, height = img.size
     array = np.asarray(img)
-    bound = _da3_bound_size(width, height, process_res)
+    bound = da3_bound_size(width, height, process_res)
     if bound != (width, height):
         enlarge = process_res > max(width, height)
         array = cv2.resize(array, bound, interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA)

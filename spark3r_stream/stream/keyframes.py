@@ -15,6 +15,7 @@ import numpy as np
 
 from spark3r_stream.config import check_field
 from spark3r_stream.errors import InputError
+from spark3r_stream.input_size import PRESET_INPUTS, keyframe_hw
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class KeyframeSelectorConfig:
     min_tracked_fraction: float = 0.3  # fewer corners tracked than this fraction: the view changed, a keyframe
     flow_width: int = 320  # images are downscaled to this width for flow and blur (cost, not accuracy)
     model_hw: tuple[int, int] | None = None  # when set, keyframe images are resized to the model input (H, W)
+    # else, when set, to this preset's input for the source's frame size (the launcher sets it from reconstruction)
+    model: str | None = None
 
     def __post_init__(self):
         check_field(self, "parallax_threshold", self.parallax_threshold > 0, "float > 0")
@@ -59,6 +62,9 @@ class KeyframeSelectorConfig:
             "model_hw",
             self.model_hw is None or (len(self.model_hw) == 2 and min(self.model_hw) >= 1),
             "null or [height, width] >= 1",
+        )
+        check_field(
+            self, "model", self.model is None or self.model in PRESET_INPUTS, f"null or one of {sorted(PRESET_INPUTS)}"
         )
 
 
@@ -173,6 +179,8 @@ class KeyframeSelector:
         )
         if self.config.model_hw is not None:
             image = resize_for_model(image, self.config.model_hw)
+        elif self.config.model is not None:
+            image = resize_for_model(image, keyframe_hw(self.config.model, image.shape[:2]))
         log.debug("keyframe %d = frame %d (%s, parallax %s)", keyframe_id, frame_seq, reason, parallax)
         return Keyframe(
             keyframe_id=keyframe_id,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from spark3r_stream.config import check_field
+from spark3r_stream.input_size import DEFAULT_MODEL
 from spark3r_stream.spark3r.plan import Spark3RConfig, load_config_file
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class ReconstructionConfig:
-    model: str = "vggt-tiny"
+    model: str = DEFAULT_MODEL
     weights: str | None = None  # checkpoint path or hub id; None = the preset's shipped weights
     random_weights: bool = False  # smoke tests only
     device: str = "auto"

@@ -121,3 +121,22 @@ def test_keyframes_and_fusion_params_are_typed_and_unknown_keys_are_one_line_err
     assert from_dict(KeyframesConfig, params["keyframes"]).windows.stride == 5
     with pytest.raises(ConfigError, match=r"save_rdd: unknown key for FusionConfig; did you mean 'save_rrd'\?"):
         from_dict(FusionConfig, {"save_rdd": False})
+
+
+def test_keyframes_are_sized_for_the_reconstruction_model_unless_the_file_says(tmp_path):
+    from spark3r_stream.input_size import keyframe_hw
+
+    def selector(file, overrides=()):
+        spec, source = load_launch_file(file, list(overrides))
+        return next(n for n in resolve(spec, source, tmp_path, "t") if n.kind == "keyframes").config["params"][
+            "selector"
+        ]
+
+    assert selector("demo") == {"model": "vggt-tiny"}
+    assert selector("replay_tum_pi3")["model"] == "pi3" and selector("replay_tum_da3")["model"] == "da3-large"
+    assert selector("demo", ["keyframes.selector.model_hw=[56, 56]"]) == {"model_hw": [56, 56]}
+    assert keyframe_hw("pi3", (480, 640)) == (434, 574) and keyframe_hw("da3-large", (480, 640)) == (378, 504)
+    assert keyframe_hw("vggt-tiny", (480, 640)) == (112, 112)
+    for path in LAUNCH_DIR.glob("*.yaml"):
+        settings = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        assert "model_hw" not in settings, f"{path.name} states an input size the preset knows"

@@ -36,3 +36,11 @@ def test_full_size_presets_have_an_official_manifest_test(name):
     if get_preset(name).weights.package_file is not None:
         return  # the project's own model: its shipped file is the reference (test_trainer, integration tests)
     assert name in MANIFEST_TESTED, f"{name}: add its official key/shape manifest to tests/fixtures"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torch_free_input_table_mirrors_the_registry(name):
+    from spark3r_stream.input_size import PRESET_INPUTS
+
+    preset = get_preset(name)
+    assert PRESET_INPUTS[name] == (preset.family, preset.input_size)

@@ -17,7 +17,7 @@ from spark3r_stream.models import load_weights, model_from_official_config, redu
 from spark3r_stream.models.preprocess import da3_target_size, pi3_target_size
 from spark3r_stream.models.registry import get_preset
 from spark3r_stream.spark3r import accelerate
-from spark3r_stream.stream.keyframes import KeyframeSelectorConfig
+from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
 from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
 from tests.conftest import fixture_path
 
@@ -72,9 +72,11 @@ def test_launch_file_feeds_keyframes_at_the_official_input_size(name, tmp_path):
     config = from_dict(ReconstructionConfig, params["reconstruction"])
     preset = get_preset(config.model)
     assert preset.family == LAUNCH_FILES[name] and config.weights == "/data/model.safetensors" and config.spark3r
-    selector = from_dict(KeyframeSelectorConfig, params["keyframes"]["selector"])
+    selector = KeyframeSelector(from_dict(KeyframeSelectorConfig, params["keyframes"]["selector"]))
     if preset.family == "pi3":
         width, height = pi3_target_size(*TUM_WH)
     else:
         width, height = da3_target_size(*TUM_WH, process_res=preset.input_size)
-    assert tuple(selector.model_hw) == (height, width)
+    frame = np.random.default_rng(0).integers(0, 256, (TUM_WH[1], TUM_WH[0], 3), dtype=np.uint8)
+    keyframe = selector.offer(0, 0.0, frame)  # the first frame is a keyframe, sized by the model's preset
+    assert keyframe.image.shape[:2] == (height, width)
