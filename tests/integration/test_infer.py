@@ -12,7 +12,7 @@ import pytest
 import spark3r_stream
 from spark3r_stream.cli import main
 from spark3r_stream.eval.trajectory import read_tum
-from spark3r_stream.stream.global_map import read_ply
+from spark3r_stream.stream.point_cloud import read_ply
 from spark3r_stream.viz.rerun_logger import recorded_entity_paths
 from tests.conftest import fixture_path
 

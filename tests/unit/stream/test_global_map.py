@@ -9,7 +9,8 @@ from scipy.spatial.transform import Rotation
 from spark3r_stream.errors import InputError
 from spark3r_stream.eval.trajectory import read_tum
 from spark3r_stream.geometry import invert_sim3, se3_matrix, sim3_matrix, sim3_scale
-from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig, read_ply, voxel_downsample, write_ply
+from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
+from spark3r_stream.stream.point_cloud import read_ply, voxel_downsample, write_ply
 
 EXACT = 1e-6  # float32 depth and points, float64 poses
 HEIGHT, WIDTH = 12, 16
