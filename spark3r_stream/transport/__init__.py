@@ -25,7 +25,7 @@ from spark3r_stream.transport.messages import (
     WindowRequest,
     WindowResult,
 )
-from spark3r_stream.transport.sockets import NodeLoop
+from spark3r_stream.transport.node_loop import NodeLoop
 
 __all__ = [
     "EDGES",

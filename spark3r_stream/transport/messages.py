@@ -235,7 +235,7 @@ class WindowResult:
 class MapUpdate:
     """Global poses of keyframes (they move when a window is re-solved) and optionally new world points.
 
-    `is_snapshot` marks the full current state, re-published for late subscribers (see sockets.py).
+    `is_snapshot` marks the full current state, re-published for late subscribers (see node_loop.py).
     Shapes: world_from_cam [K, 4, 4]; points [N, 3] world frame, colors [N, 3], point_keyframe_ids [N].
     """
 

@@ -1,0 +1,673 @@
+"""NodeLoop: where a node meets ZeroMQ (polling, signals, validation, end-of-stream; sockets from sockets.py).
+
+Delivery kinds (chosen per edge in the endpoint table):
+
+| kind       | sender socket        | receiver socket      | behaviour                                                   |
+| ---------- | -------------------- | -------------------- | ----------------------------------------------------------- |
+| `lossless` | PUSH, SNDHWM         | PULL, RCVHWM         | blocking send at the HWM (backpressure), never drops; replay |
+| `latest`   | PUSH, small SNDHWM,  | PULL, small RCVHWM   | each poll drains the queue and handles only the newest data  |
+|            | never blocks         |                      | message (`dropped.stale`); frames the sender could not queue |
+|            |                      |                      | count as `dropped.unsent` there; live camera                 |
+| `fanout`   | XPUB (verbose,       | SUB (all topics)     | any number of subscribers; a late joiner gets a snapshot;   |
+|            | NODROP)              |                      | a full subscriber queue drops the message for all, counted  |
+|            |                      |                      | at the sender (`dropped.unsent`); end-of-stream waits       |
+
+Every message carries `seq` (per sender and edge, +1 per message accepted by ZeroMQ) and the sender's node name;
+`EndOfStream.num_sent` counts the data messages before it, so a receiver proves that nothing was lost
+(`lost.<edge>` stays 0 on lossless edges) or counts exactly what latest-wins superseded.
+
+Latest-wins does not use ZMQ_CONFLATE: it drops multipart messages, and closing a conflating pipe lets libzmq's
+termination delimiter replace the message waiting in its single slot (the final end-of-stream was lost over tcp
+here). Draining a short queue gives the same effect with exact counts. Heartbeats are not sent on latest edges
+(the frames themselves show liveness there).
+
+Late joiners on fanout edges: the publisher binds an XPUB socket, which receives every subscription. When one
+arrives, NodeLoop calls the snapshot provider registered with `loop.on_subscribe(edge, provider)` and publishes
+its result (e.g. the fusion node's full map as `MapUpdate(is_snapshot=True)`). ZeroMQ guarantees that a message
+sent after the subscription arrived reaches that subscriber, so no sleep or handshake is needed; existing
+subscribers receive the snapshot too, which is harmless because map updates carry absolute poses.
+
+Closing a lossless output: libzmq can drop messages still queued on a PUSH socket when it closes while the
+receiver's queue is full, whatever the linger (seen here: 8 of 41 messages arrived; the engine's unsent bytes die
+with the socket). So on a normal exit (no exception, no stop) every lossless output whose stream has ended
+(`run()` returned, or `end_stream()`) stays open until its receivers have disconnected, watched through a socket
+monitor. A receiver closes an input as soon as every upstream has ended it, so the sender is released when the
+end-of-stream has been handled, not when the receiving process exits. After a stop or an exception closing waits
+at most `linger_ms`.
+
+Sequence numbers are consecutive per output: a heartbeat never goes out on an output whose data message is
+waiting for the receiver (that message was encoded with the next seq), so a seq gap on a point-to-point edge is a
+real loss, and only then warned about.
+
+Zero-copy: arrays are sent with `copy=False`; never mutate an array after sending it (see codec.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from spark3r_stream.errors import ConfigError, DecodeError, Spark3RError
+from spark3r_stream.transport.codec import decode, encode
+from spark3r_stream.transport.endpoints import Endpoint, parse_endpoints
+from spark3r_stream.transport.messages import CONTROL_TYPES, MESSAGE_TYPES, EndOfStream, Heartbeat, message_type
+from spark3r_stream.transport.sockets import open_socket
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # messages taken from one socket per poll, so other sockets and signals are served too
+WARN_SUMMARY_S = 10.0  # repeated drops: first one logged as a warning, then a summary at most this often
+
+
+@dataclass
+class _Upstream:
+    """What one input has seen from one sending node."""
+
+    received: int = 0  # data messages decoded
+    last_seq: int | None = None
+    gaps: int = 0  # messages missing between consecutive seqs
+    stale: int = 0  # latest-wins: received but superseded by a newer one, not handled
+    num_sent: int | None = None  # from its EndOfStream
+
+
+@dataclass
+class _Input:
+    endpoint: Endpoint
+    socket: zmq.Socket
+    upstreams: dict[str, _Upstream] = field(default_factory=dict)
+    ended_by: set[str] = field(default_factory=set)
+    is_closed: bool = False  # closed once every upstream ended it (releases the senders' close)
+
+    @property
+    def ended(self) -> bool:
+        return len(self.ended_by) >= self.endpoint.upstreams
+
+
+@dataclass
+class _Output:
+    endpoint: Endpoint
+    socket: zmq.Socket
+    seq: int = 0
+    num_sent: int = 0  # data messages
+    eos_sent: bool = False
+    subscribers: int = 0
+    is_sending: bool = False  # a data message waits for the receiver; heartbeats skip this output (seq order)
+    monitor: zmq.Socket | None = None  # lossless: connection events, so that a normal close waits for receivers
+    peers: int = 0  # connections open now (from the monitor)
+    was_connected: bool = False
+
+
+class NodeLoop:
+    """Sockets from an endpoint table, handlers per message type, 100 ms polls, signals, counters, end-of-stream.
+
+    Use as a context manager; `run()` serves messages until every input has ended (then end-of-stream is sent
+    downstream), a signal arrives, or `stop()` is called. A handler may return a message (or an iterable of
+    messages); it is sent on the outputs that carry its topic. Counters (`loop.counters`, `loop.report()`):
+    `recv.<topic>`, `sent.<topic>`, `dropped.<reason>` (bad messages, by DecodeError reason), `dropped.stale`
+    (latest-wins), `dropped.unsent` (not sent: no peer on a latest edge, a full fanout subscriber, or shutdown
+    while blocked), `dropped.stopping` (received but not handled because the loop was stopping),
+    `lost.<edge>` (lossless messages that never arrived, known at end-of-stream), `gaps.<edge>` (seq gaps: messages
+    missing on the way), `send_waits.<edge>`, `drain_timeout.<edge>` (a normal close gave up waiting for receivers).
+
+    `linger_ms`: how long closing waits for queued messages after a stop or an exception; `drain_timeout_s`: how
+    long a normal close waits for the receivers of ended lossless outputs (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoints: Any,
+        *,
+        poll_ms: int = 100,
+        heartbeat_s: float = 1.0,
+        log_every_s: float = 10.0,
+        linger_ms: int = 1000,
+        drain_timeout_s: float = 3600.0,
+        handle_signals: bool = True,
+        context: zmq.Context | None = None,
+        report: Any = None,
+    ) -> None:
+        self.name = name
+        self.endpoints = parse_endpoints(endpoints)
+        self.poll_ms = poll_ms
+        self.heartbeat_s = heartbeat_s
+        self.log_every_s = log_every_s
+        self.linger_ms = linger_ms
+        self.drain_timeout_s = drain_timeout_s
+        self.handle_signals = handle_signals
+        self.counters: Counter[str] = Counter()
+        self.peers: dict[str, dict[str, Any]] = {}  # node -> last heartbeat {"t_received", "counters"}
+        self.stop_reason: str | None = None
+        self._report = report
+        self._own_context = context is None
+        self._context = context
+        self._handlers: dict[str, Callable[[Any], Any]] = {}
+        self._end_handlers: list[Callable[[], Any]] = []
+        self._snapshots: dict[str, Callable[[], Any]] = {}
+        self._inputs: dict[str, _Input] = {}
+        self._outputs: dict[str, _Output] = {}
+        self._routes: dict[str, list[str]] = {}
+        self._poller = zmq.Poller()
+        self._socket_role: dict[zmq.Socket, tuple[str, str]] = {}
+        self._stop = False
+        self._finished = False
+        self._old_signals: dict[int, Any] = {}
+        self._warned: set[str] = set()
+        self._suppressed: Counter[str] = Counter()
+        now = time.monotonic()
+        self._t_start = now
+        self._next_heartbeat = now + heartbeat_s
+        self._next_log = now + log_every_s
+        self._next_warn_summary = now + WARN_SUMMARY_S
+        self._last_log_counts: Counter[str] = Counter()
+        self._last_log_t = now
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> NodeLoop:
+        if self._context is None:
+            self._context = zmq.Context()
+        try:
+            for ep in self.endpoints:
+                self._open(ep)
+        except BaseException:
+            self._close()
+            raise
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._old_signals[signum] = signal.signal(signum, self._on_signal)
+        log.info("%s: %d input(s), %d output(s) open", self.name, len(self._inputs), len(self._outputs))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc is None and not self._stop:
+                self._drain()
+        finally:
+            for signum, handler in self._old_signals.items():
+                signal.signal(signum, handler)
+            self._old_signals.clear()
+            if self._report is not None:
+                self._write_report(exc)
+            self._close()
+
+    def _drain(self) -> None:
+        """Normal exit: keep every ended lossless output open until its receivers have disconnected (they have then
+        read everything), waking every poll_ms for signals; give up after drain_timeout_s."""
+        pending = [out for out in self._outputs.values() if out.monitor is not None and out.eos_sent]
+        poller = zmq.Poller()
+        for out in pending:
+            poller.register(out.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + self.drain_timeout_s
+        while True:
+            for out in pending:
+                self._read_monitor(out)
+            pending = [out for out in pending if out.peers > 0 or not out.was_connected]
+            if not pending or self._stop or time.monotonic() >= deadline:
+                break
+            poller.poll(self.poll_ms)
+        for out in [] if self._stop else pending:
+            self.counters[f"drain_timeout.{out.endpoint.edge}"] += 1
+            state = "still connected" if out.was_connected else "never connected"
+            log.warning(
+                "%s: receiver of %r %s %.0f s after the end of stream; closing",
+                self.name,
+                out.endpoint.edge,
+                state,
+                self.drain_timeout_s,
+            )
+
+    def _read_monitor(self, out: _Output) -> None:
+        assert out.monitor is not None
+        while True:
+            try:
+                event = recv_monitor_message(out.monitor, flags=zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                out.peers += 1
+                out.was_connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                out.peers = max(out.peers - 1, 0)
+
+    def _close(self) -> None:
+        if self._context is None:
+            return
+        for out in self._outputs.values():
+            if out.monitor is not None:
+                out.socket.disable_monitor()
+                out.monitor.close(linger=0)
+                out.monitor = None
+        if self._own_context:
+            self._context.destroy(linger=self.linger_ms)
+        else:
+            for sock in list(self._socket_role):
+                sock.close(linger=self.linger_ms)
+        self._socket_role.clear()
+
+    def _write_report(self, exc: Any) -> None:
+        """Fill a duck-typed RunReport (`set`, `finish`, `write`, `path`) without importing report.py (torch-free)."""
+        self._report.set("transport", self.report())
+        if exc is not None:
+            self._report.finish("error", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._report.finish("interrupted" if self.stop_reason and self.stop_reason.startswith("SIG") else "ok")
+        if getattr(self._report, "path", None) is not None:
+            self._report.write()
+
+    def _open(self, ep: Endpoint) -> None:
+        assert self._context is not None
+        sock, monitor = open_socket(self._context, ep, linger_ms=self.linger_ms, node=self.name)
+        self._socket_role[sock] = (ep.direction, ep.edge)
+        if ep.direction == "in":
+            self._inputs[ep.edge] = _Input(ep, sock)
+            self._poller.register(sock, zmq.POLLIN)
+        else:
+            self._outputs[ep.edge] = _Output(ep, sock, monitor=monitor)
+            for topic in ep.topics:
+                if topic not in MESSAGE_TYPES:
+                    raise ConfigError(f"endpoint {ep.edge!r}: topic {topic!r} is not one of {sorted(MESSAGE_TYPES)}")
+                self._routes.setdefault(topic, []).append(ep.edge)
+            if sock.type == zmq.XPUB:
+                self._poller.register(sock, zmq.POLLIN)  # subscription notifications
+        log.debug("%s: %s %s %s (%s)", self.name, "bound" if ep.bind else "connected", ep.edge, ep.address, ep.kind)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop waiting for anything
+        self.stop(signal.Signals(signum).name)
+
+    # ------------------------------------------------------------------ registration
+    def on(self, msg_type: type, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Call `handler(msg)` for every valid message of `msg_type`; its returned message(s) are sent."""
+        self._handlers[message_type(msg_type).topic] = handler
+        return handler
+
+    def on_end(self, handler: Callable[[], Any]) -> Callable[[], Any]:
+        """Call `handler()` once every input has ended, before end-of-stream goes downstream (flush here)."""
+        self._end_handlers.append(handler)
+        return handler
+
+    def on_subscribe(self, edge: str, snapshot: Callable[[], Any]) -> None:
+        """On a fanout output: when a subscriber joins, publish `snapshot()` (a message, iterable, or None)."""
+        kinds = {e.edge: e.kind for e in self.endpoints if e.direction == "out"}
+        if kinds.get(edge) != "fanout":
+            raise ConfigError(
+                f"node {self.name!r}: on_subscribe needs a fanout output edge; {edge!r} is {kinds.get(edge, 'not an output')}"
+            )
+        self._snapshots[edge] = snapshot
+
+    # ------------------------------------------------------------------ sending
+    def send(self, msg: Any, edge: str | None = None, *, track: bool = False) -> Any:
+        """Send `msg` on `edge`, or on every output carrying its topic. Returns True (or a MessageTracker with
+        `track=True`, single edge only) when sent, False when it was not (latest-wins without a peer, shutdown).
+
+        Lossless edges block at the HWM until the receiver takes the message, waking every poll_ms for signals.
+        Never mutate `msg`'s arrays after this call (zero-copy).
+        """
+        topic = message_type(msg).topic
+        edges = [edge] if edge is not None else self._routes.get(topic, [])
+        if not edges:
+            raise ConfigError(
+                f"node {self.name!r} has no output for {topic!r} messages (outputs: {sorted(self._outputs)})"
+            )
+        result: Any = True
+        for name in edges:
+            sent = self._send_on(self._output(name), msg, topic, track=track)
+            result = sent if (len(edges) == 1 and sent is not False) else (result and sent is not False)
+        return result
+
+    def _send_on(self, out: _Output, msg: Any, topic: str, *, track: bool = False, block: bool | None = None) -> Any:
+        frames = encode(msg, out.seq, node=self.name)
+        kind = out.endpoint.kind
+        is_data = topic not in ("heartbeat", "end_of_stream")
+        if block is None:
+            block = kind == "lossless"
+        out.is_sending = True
+        try:
+            sent = self._send_frames(out, frames, block=block, track=track)
+        finally:
+            out.is_sending = False
+        if sent is False:
+            if is_data:
+                self.counters["dropped.unsent"] += 1
+            return False
+        out.seq += 1
+        if is_data:
+            out.num_sent += 1
+            self.counters[f"sent.{topic}"] += 1
+        return sent
+
+    def _send_frames(self, out: _Output, frames: list[Any], *, block: bool, track: bool) -> Any:
+        sock = out.socket
+        waited = False
+        while True:
+            try:
+                tracker = sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False, track=track)
+                return tracker if track else True
+            except zmq.Again:
+                if not block or self._stop:
+                    return False
+            if not waited:
+                self.counters[f"send_waits.{out.endpoint.edge}"] += 1
+                waited = True
+            if out.endpoint.kind == "fanout":
+                time.sleep(0.005)  # XPUB reports POLLOUT even when a subscriber's queue is full: retry shortly
+            else:
+                sock.poll(self.poll_ms, zmq.POLLOUT)  # backpressure: wait for the receiver, waking for signals
+            self._tick()
+
+    def end_stream(self) -> None:
+        """Send EndOfStream(num_sent) on every output (once). Blocks on lossless edges unless stopping."""
+        for out in self._outputs.values():
+            if out.eos_sent:
+                continue
+            eos = EndOfStream(node=self.name, num_sent=out.num_sent)
+            out.eos_sent = self._send_on(out, eos, "end_of_stream", block=not self._stop) is not False
+            if not out.eos_sent:
+                log.warning("%s: end-of-stream on %r could not be sent (no receiver)", self.name, out.endpoint.edge)
+            else:
+                log.info("%s: end of stream on %r after %d messages", self.name, out.endpoint.edge, out.num_sent)
+
+    # ------------------------------------------------------------------ receiving
+    def run(self, source: Iterable[Any] | None = None, *, max_polls: int | None = None) -> int:
+        """Serve until every input ended, a signal, or stop(); returns 0 (exceptions propagate).
+
+        `source`: messages to send (a capture node's frames); inputs are served between them; when it is
+        exhausted end-of-stream is sent. `max_polls` bounds the loop (tests); it then returns without ending.
+        """
+        polls = 0
+        try:
+            if source is not None:
+                for msg in source:
+                    if self._stop:
+                        break
+                    self.send(msg)
+                    self.poll_once(0)
+                if not self._inputs and not self._stop:
+                    self._finish()
+            while not (self._stop or self._finished):
+                if max_polls is not None and polls >= max_polls:
+                    return 0
+                if not self._inputs and not self._snapshots:
+                    break
+                self.poll_once(self.poll_ms)
+                polls += 1
+        except BaseException:
+            self._stop = True  # no blocking any more: tell downstream what was sent, as far as it can take it
+            self.end_stream()
+            raise
+        self.end_stream()  # after a signal or stop(): downstream still learns num_sent
+        return 0
+
+    def poll_once(self, timeout_ms: int | None = None) -> int:
+        """Wait up to `timeout_ms` (default poll_ms) and serve what arrived; returns the number of messages handled."""
+        events = dict(self._poller.poll(self.poll_ms if timeout_ms is None else timeout_ms))
+        handled = 0
+        for sock in events:
+            direction, edge = self._socket_role[sock]
+            if direction == "out":
+                self._serve_subscriptions(self._outputs[edge])
+            else:
+                handled += self._serve_input(self._inputs[edge])
+        self._tick()
+        return handled
+
+    def _serve_input(self, inp: _Input) -> int:
+        latest = inp.endpoint.kind == "latest"
+        batch: list[tuple[Any, dict[str, Any]]] = []
+        for _ in range(MAX_BATCH):
+            if self._stop:  # stopping: leave the rest in the queue
+                break
+            try:
+                frames = inp.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                batch.append(decode(frames))
+            except DecodeError as exc:
+                self._drop(inp.endpoint.edge, exc.reason, exc.detail)
+        # Latest-wins: of the data messages queued now, only the newest is handled; control messages all are.
+        newest = max((i for i, (msg, _) in enumerate(batch) if not isinstance(msg, CONTROL_TYPES)), default=-1)
+        handled = 0
+        for i, (msg, header) in enumerate(batch):
+            if self._finished:
+                break
+            if self._stop:  # stop() takes effect before the next message, even inside a batch
+                unserved = sum(not isinstance(m, CONTROL_TYPES) for m, _ in batch[i:])
+                self.counters["dropped.stopping"] += unserved
+                break
+            stale = latest and i != newest and not isinstance(msg, CONTROL_TYPES)
+            self._dispatch(inp, msg, header, stale=stale)
+            handled += not stale
+        return handled
+
+    def _dispatch(self, inp: _Input, msg: Any, header: dict[str, Any], *, stale: bool = False) -> None:
+        topic = header["type"]
+        src = header["node"]
+        if src not in inp.upstreams:
+            # Senders count seq from 0, so on point-to-point edges a first seq > 0 means earlier messages were
+            # dropped (latest-wins) or lost; a fanout subscriber may join at any seq.
+            inp.upstreams[src] = _Upstream(last_seq=None if inp.endpoint.kind == "fanout" else -1)
+        up = inp.upstreams[src]
+        if up.last_seq is not None and header["seq"] > up.last_seq + 1:
+            missing = header["seq"] - up.last_seq - 1
+            up.gaps += missing
+            self.counters[f"gaps.{inp.endpoint.edge}"] += missing
+            if inp.endpoint.kind != "fanout":
+                self._warn(
+                    f"gap.{inp.endpoint.edge}", f"{missing} message(s) from {src!r} missing before seq {header['seq']}"
+                )
+        up.last_seq = header["seq"]
+        if stale:  # superseded by a newer frame in the same queue (latest-wins)
+            up.stale += 1
+            self.counters["dropped.stale"] += 1
+            return
+        self.counters[f"recv.{topic}"] += 1
+        if isinstance(msg, Heartbeat):
+            self.peers[msg.node] = {"t_received": time.time(), "counters": dict(msg.counters)}
+        elif isinstance(msg, EndOfStream):
+            self._upstream_ended(inp, src, up, msg)
+            if inp.ended:
+                self._close_input(inp)
+        else:
+            up.received += 1
+        handler = self._handlers.get(topic)
+        if handler is None:
+            if not isinstance(msg, (Heartbeat, EndOfStream)):
+                self.counters[f"ignored.{topic}"] += 1
+        else:
+            try:
+                result = handler(msg)
+            except Spark3RError as exc:  # the handler rejected this input; the node keeps serving
+                self._drop(inp.endpoint.edge, "handler_error", f"{topic}: {exc}")
+                result = None
+            self._send_result(result)
+        if inp.ended and all(i.ended for i in self._inputs.values()) and not self._finished:
+            self._finish()
+
+    def _send_result(self, result: Any) -> None:
+        if result is None or isinstance(result, bool) or type(result).__name__ == "MessageTracker":
+            return
+        if hasattr(type(result), "TOPIC"):
+            self.send(result)
+            return
+        if isinstance(result, (list, tuple)) or hasattr(result, "__next__"):
+            for item in result:
+                self._send_result(item)
+
+    def _upstream_ended(self, inp: _Input, src: str, up: _Upstream, eos: EndOfStream) -> None:
+        up.num_sent = eos.num_sent
+        inp.ended_by.add(src)
+        edge, kind = inp.endpoint.edge, inp.endpoint.kind
+        missing = eos.num_sent - up.received
+        if kind == "lossless":
+            self.counters[f"lost.{edge}"] += max(missing, 0)
+            if missing:
+                log.error(
+                    "%s: %d of %d messages from %r on %r never arrived", self.name, missing, eos.num_sent, src, edge
+                )
+            else:
+                log.info("%s: all %d messages from %r on %r arrived", self.name, eos.num_sent, src, edge)
+        else:
+            log.info(
+                "%s: %r ended %r after %d messages, %d received (%s)",
+                self.name,
+                src,
+                edge,
+                eos.num_sent,
+                up.received,
+                kind,
+            )
+
+    def _close_input(self, inp: _Input) -> None:
+        """Every upstream has ended this input: close it now, so the senders' close sees the disconnect."""
+        self._poller.unregister(inp.socket)
+        del self._socket_role[inp.socket]
+        inp.socket.close(linger=0)
+        inp.is_closed = True
+
+    def _finish(self) -> None:
+        """Every input ended (or the source ran out): flush handlers, then end-of-stream downstream."""
+        self._finished = True
+        for handler in self._end_handlers:
+            self._send_result(handler())
+        self.end_stream()
+
+    def _serve_subscriptions(self, out: _Output) -> None:
+        joined = 0
+        for _ in range(MAX_BATCH):
+            try:
+                event = out.socket.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                joined += 1
+                out.subscribers += 1
+            elif event[:1] == b"\x00":
+                out.subscribers = max(out.subscribers - 1, 0)
+        if joined:
+            self.counters[f"subscribed.{out.endpoint.edge}"] += joined
+            if out.endpoint.edge in self._snapshots:
+                self._send_snapshot(out)
+
+    def _send_snapshot(self, out: _Output) -> None:
+        result = self._snapshots[out.endpoint.edge]()
+        items = [] if result is None else [result] if hasattr(type(result), "TOPIC") else list(result)
+        for item in items:
+            self._send_on(out, item, message_type(item).topic)
+        self.counters[f"snapshots.{out.endpoint.edge}"] += 1
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to stop before the next message (signal handlers call this); a running handler finishes,
+        messages already taken off a socket are not handled (`dropped.stopping`), the rest stay queued."""
+        if not self._stop:
+            log.info("%s: stopping (%s)", self.name, reason)
+        self._stop = True
+        self.stop_reason = self.stop_reason or reason
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stop
+
+    @property
+    def is_finished(self) -> bool:
+        return self._finished
+
+    # ------------------------------------------------------------------ periodic work and reporting
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for out in self._outputs.values():
+            if out.monitor is not None:
+                self._read_monitor(out)  # keeps the peer count current (and the monitor queue short)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_s
+            self._heartbeat()
+        if now >= self._next_warn_summary:
+            self._next_warn_summary = now + WARN_SUMMARY_S
+            if self._suppressed:
+                log.warning("%s: in the last %.0f s also dropped %s", self.name, WARN_SUMMARY_S, dict(self._suppressed))
+                self._suppressed.clear()
+        if now >= self._next_log:
+            self._log_rates(now)
+
+    def _heartbeat(self) -> None:
+        beat = Heartbeat(node=self.name, counters={k: float(v) for k, v in self.counters.items()})
+        for out in self._outputs.values():
+            if out.endpoint.kind != "latest" and not out.eos_sent and not out.is_sending:
+                self._send_on(out, beat, "heartbeat", block=False)
+
+    def _log_rates(self, now: float) -> None:
+        dt = max(now - self._last_log_t, 1e-9)
+        moved = {
+            k: (v - self._last_log_counts[k]) / dt for k, v in self.counters.items() if k.startswith(("recv.", "sent."))
+        }
+        drops = {k: v for k, v in self.counters.items() if k.startswith(("dropped.", "lost.", "gaps."))}
+        rates = ", ".join(f"{k} {v:.1f}/s" for k, v in sorted(moved.items()) if v > 0) or "idle"
+        log.info("%s: %s; drops %s", self.name, rates, drops or "none")
+        self._last_log_counts = Counter(self.counters)
+        self._last_log_t = now
+        self._next_log = now + self.log_every_s
+
+    def _drop(self, edge: str, reason: str, detail: str) -> None:
+        self.counters[f"dropped.{reason}"] += 1
+        self._warn(reason, f"dropped a message on {edge!r}: {reason}: {detail}")
+
+    def _warn(self, key: str, text: str) -> None:
+        if key in self._warned:
+            self._suppressed[key] += 1
+            return
+        self._warned.add(key)
+        log.warning("%s: %s", self.name, text)
+
+    def _output(self, edge: str) -> _Output:
+        if edge not in self._outputs:
+            raise ConfigError(f"node {self.name!r} has no output edge {edge!r} (outputs: {sorted(self._outputs)})")
+        return self._outputs[edge]
+
+    def report(self) -> dict[str, Any]:
+        """Counters and per-edge accounting for the node's run report (JSON-able)."""
+        inputs = {}
+        for edge, inp in self._inputs.items():
+            inputs[edge] = {
+                "address": inp.endpoint.address,
+                "kind": inp.endpoint.kind,
+                "ended": inp.ended,
+                "upstreams": {
+                    src: {
+                        "received": up.received,
+                        "num_sent": up.num_sent,
+                        "missing": None if up.num_sent is None else up.num_sent - up.received,
+                        "seq_gaps": up.gaps,
+                        "stale": up.stale,
+                    }
+                    for src, up in inp.upstreams.items()
+                },
+            }
+        outputs = {
+            edge: {
+                "address": out.endpoint.address,
+                "kind": out.endpoint.kind,
+                "num_sent": out.num_sent,
+                "end_of_stream_sent": out.eos_sent,
+                "subscribers": out.subscribers if out.endpoint.kind == "fanout" else None,
+            }
+            for edge, out in self._outputs.items()
+        }
+        return {
+            "node": self.name,
+            "uptime_s": round(time.monotonic() - self._t_start, 3),
+            "stop_reason": self.stop_reason,
+            "counters": dict(sorted(self.counters.items())),
+            "inputs": inputs,
+            "outputs": outputs,
+            "peers": {k: v["counters"] for k, v in self.peers.items()},
+        }
