@@ -29,11 +29,15 @@ def _on_early_signal(signum: int, frame: Any) -> None:
     _early_signal.append(signal.Signals(signum).name)
 
 
-# Installed at import, before the heavy imports of a node (torch, rerun): the launcher may stop the pipeline while
-# a node is still starting, and that node must then exit cleanly (code 0), not die of KeyboardInterrupt.
-if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGINT, _on_early_signal)
-    signal.signal(signal.SIGTERM, _on_early_signal)
+def _catch_early_signals() -> None:
+    """Until the node's NodeLoop takes over: the launcher may stop the pipeline while a node is still starting (its
+    heavy imports, torch or rerun, happen in its body), and that node must then exit cleanly, not die of
+    KeyboardInterrupt. Installed by run_main, so importing this package changes no signal handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_early_signal)
+        signal.signal(signal.SIGTERM, _on_early_signal)
+
+
 NODES = ("capture", "keyframes", "reconstruction", "fusion")
 DRAIN_TIMEOUT_S = 3600.0  # normal end: wait at most this long for receivers to take the rest of the stream
 LINGER_STOP_MS = 500  # after SIGINT/SIGTERM (or an error): the consumers are stopping too
@@ -108,6 +112,7 @@ def parse_args(kind: str, argv: Sequence[str] | None) -> NodeContext:
 
 def run_main(kind: str, body: Callable[[NodeContext], int], argv: Sequence[str] | None) -> int:
     """Run a node body: exit 0 ok, 1 run failure, 2 bad config/input (a Spark3RError, printed as one line)."""
+    _catch_early_signals()
     try:
         ctx = parse_args(kind, argv)
     except Spark3RError as exc:

@@ -11,14 +11,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from spark3r_stream.errors import ConfigError, Spark3RError
 from spark3r_stream.nodes import NodeContext, node_loop, run_main
-from spark3r_stream.sources import open_source
 
 log = logging.getLogger("nodes.capture")
 
 
 def body(ctx: NodeContext) -> int:
+    # imported here, after run_main took over SIGINT/SIGTERM: a stop during a slow import still exits cleanly
+    from spark3r_stream.errors import ConfigError, Spark3RError
+    from spark3r_stream.sources import open_source
+
     report = ctx.report()
     with node_loop(ctx, report) as loop:
         try:

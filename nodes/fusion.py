@@ -9,16 +9,18 @@ import sys
 from collections.abc import Sequence
 
 from spark3r_stream.nodes import NodeContext, node_loop, run_main
-from spark3r_stream.report import StageTimer
-from spark3r_stream.stream.global_map import GlobalMap
-from spark3r_stream.stream.pipeline import FusionConfig, FusionStep
-from spark3r_stream.transport import FrameRecord, Keyframe, WindowResult
-from spark3r_stream.viz.rerun_logger import MapLogger
 
 log = logging.getLogger("nodes.fusion")
 
 
 def body(ctx: NodeContext) -> int:
+    # imported here, after run_main took over SIGINT/SIGTERM: a stop during a slow import still exits cleanly
+    from spark3r_stream.report import StageTimer
+    from spark3r_stream.stream.global_map import GlobalMap
+    from spark3r_stream.stream.pipeline import FusionConfig, FusionStep
+    from spark3r_stream.transport import FrameRecord, Keyframe, WindowResult
+    from spark3r_stream.viz.rerun_logger import MapLogger
+
     config = ctx.config(FusionConfig)
     ctx.out.mkdir(parents=True, exist_ok=True)
     viewer = MapLogger.open(config.rerun_config(ctx.out, ctx.run_id or None))

@@ -12,14 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from spark3r_stream.nodes import NodeContext, node_loop, run_main
-from spark3r_stream.report import StageTimer
-from spark3r_stream.stream.pipeline import KeyframesConfig, KeyframeStep
-from spark3r_stream.transport import Frame
 
 log = logging.getLogger("nodes.keyframes")
 
 
 def body(ctx: NodeContext) -> int:
+    # imported here, after run_main took over SIGINT/SIGTERM: a stop during a slow import still exits cleanly
+    from spark3r_stream.report import StageTimer
+    from spark3r_stream.stream.pipeline import KeyframesConfig, KeyframeStep
+    from spark3r_stream.transport import Frame
+
     step = KeyframeStep(ctx.config(KeyframesConfig))
     report, timer = ctx.report(), StageTimer()
     with node_loop(ctx, report) as loop:

@@ -13,15 +13,17 @@ import sys
 from collections.abc import Sequence
 
 from spark3r_stream.nodes import NodeContext, node_loop, run_main
-from spark3r_stream.report import StageTimer
-from spark3r_stream.stream.pipeline import ReconstructionStep
-from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
-from spark3r_stream.transport import Keyframe, WindowRequest
 
 log = logging.getLogger("nodes.reconstruction")
 
 
 def body(ctx: NodeContext) -> int:
+    # imported here, after run_main took over SIGINT/SIGTERM: a stop during a slow import still exits cleanly
+    from spark3r_stream.report import StageTimer
+    from spark3r_stream.stream.pipeline import ReconstructionStep
+    from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+    from spark3r_stream.transport import Keyframe, WindowRequest
+
     config = ctx.config(ReconstructionConfig)
     forwards = any("keyframe" in ep.get("topics", ()) for ep in ctx.endpoints if ep["direction"] == "out")
     report, timer = ctx.report(), StageTimer()

@@ -140,3 +140,13 @@ def test_keyframes_are_sized_for_the_reconstruction_model_unless_the_file_says(t
     for path in LAUNCH_DIR.glob("*.yaml"):
         settings = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
         assert "model_hw" not in settings, f"{path.name} states an input size the preset knows"
+
+
+def test_importing_the_nodes_changes_no_signal_handler():
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    import spark3r_stream.nodes.capture  # noqa: F401
+    import spark3r_stream.nodes.fusion  # noqa: F401
+
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # run_main installs them, in a node process
