@@ -24,6 +24,7 @@ from spark3r_stream.eval.trajectory import trajectory_metrics_from_files, write_
 from spark3r_stream.report import RunReport, StageTimer
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
 from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
+from spark3r_stream.stream.tracks import KeyframeTracker, TrackerConfig
 from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
 from spark3r_stream.transport.messages import Frame, FrameRecord, Keyframe, MapUpdate, WindowRequest, WindowResult
 from spark3r_stream.viz.config import RerunConfig
@@ -37,6 +38,7 @@ class KeyframesConfig:
 
     selector: KeyframeSelectorConfig = field(default_factory=KeyframeSelectorConfig)
     windows: WindowSchedulerConfig = field(default_factory=WindowSchedulerConfig)
+    tracks: TrackerConfig = field(default_factory=TrackerConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,11 +59,13 @@ class FusionConfig:
 
 
 class KeyframeStep:
-    """Frames -> one FrameRecord each, plus a Keyframe and possibly a WindowRequest when the frame is selected."""
+    """Frames -> one FrameRecord each, plus a Keyframe (with its feature tracks) and possibly a WindowRequest when
+    the frame is selected."""
 
     def __init__(self, config: KeyframesConfig) -> None:
         self.selector = KeyframeSelector(config.selector)
         self.scheduler = WindowScheduler(config.windows)
+        self.tracker = KeyframeTracker(config.tracks)
 
     def on_frame(self, frame: Frame) -> list[FrameRecord | Keyframe | WindowRequest]:
         chosen = self.selector.offer(frame.frame_seq, frame.t_capture, frame.image)
@@ -73,8 +77,16 @@ class KeyframeStep:
         )
         if chosen is None:
             return [record]
+        tracks = self.tracker.add(frame.image)  # at the source's resolution
         keyframe = Keyframe(
-            keyframe_id=chosen.keyframe_id, frame_seq=chosen.frame_seq, t_capture=chosen.t_capture, image=chosen.image
+            keyframe_id=chosen.keyframe_id,
+            frame_seq=chosen.frame_seq,
+            t_capture=chosen.t_capture,
+            image=chosen.image,
+            track_ids=tracks.track_ids,
+            track_uv=tracks.uv,
+            source_hw=tuple(frame.image.shape[:2]),
+            source_intrinsics=frame.intrinsics,
         )
         request = self._request(self.scheduler.add(chosen.keyframe_id))
         return [record, keyframe] + ([request] if request is not None else [])
@@ -84,7 +96,11 @@ class KeyframeStep:
         return self._request(self.scheduler.flush())
 
     def summary(self) -> dict[str, Any]:
-        return {"frames": dict(self.selector.counts), "windows": {"num_runs": self.scheduler.num_runs}}
+        return {
+            "frames": dict(self.selector.counts),
+            "windows": {"num_runs": self.scheduler.num_runs},
+            "tracks": {"started": self.tracker.next_id},
+        }
 
     @staticmethod
     def _request(run) -> WindowRequest | None:

@@ -64,6 +64,7 @@ DEPTHS = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, None, Non
 POINTS = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, 3), max_bytes=256 << 20)]
 COLORS = Annotated[np.ndarray, ArraySpec(dtype="uint8", shape=(None, 3), max_bytes=64 << 20)]
 IDS = Annotated[np.ndarray, ArraySpec(dtype=("int32", "int64"), shape=(None,), max_bytes=64 << 20)]
+PIXELS = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, 2), max_bytes=16 << 20)]
 
 #: JSON-able free structure allowed only where the brief asks for it (the reduction plan).
 JsonDict = dict[str, Any]
@@ -178,15 +179,22 @@ class FrameRecord:
     gt_world_from_cam: POSE | None = None
 
 
-@message("keyframe", version=1)
+@message("keyframe", version=2)
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Keyframe:
-    """A keyframe at model resolution, sent once; receivers keep their own store."""
+    """A keyframe at model resolution, sent once; receivers keep their own store.
+
+    With it, the feature tracks it sees at the source's resolution (stream/tracks.py): `track_ids[i]` at pixel
+    `track_uv[i]` (x, y) of the `source_hw` image, and the source's intrinsics in those pixels when it has them."""
 
     keyframe_id: int
     frame_seq: int
     t_capture: float
     image: RGB8
+    track_ids: IDS | None = None
+    track_uv: PIXELS | None = None
+    source_hw: tuple[int, ...] | None = None
+    source_intrinsics: INTRINSICS | None = None
 
 
 @message("window_request", version=1)

@@ -45,7 +45,14 @@ def sample_message(topic: str, rng: np.random.Generator | None = None):
             frame_seq=12, t_capture=1403715273.262143, keyframe_id=3, gt_world_from_cam=poses[1]
         ),
         "keyframe": lambda: m.Keyframe(
-            keyframe_id=3, frame_seq=12, t_capture=0.4, image=rng.integers(0, 256, (28, 42, 3), dtype=np.uint8)
+            keyframe_id=3,
+            frame_seq=12,
+            t_capture=0.4,
+            image=rng.integers(0, 256, (28, 42, 3), dtype=np.uint8),
+            track_ids=np.arange(5, dtype=np.int64),
+            track_uv=rng.random((5, 2), dtype=np.float32) * 100,
+            source_hw=(480, 640),
+            source_intrinsics=k,
         ),
         "window_request": lambda: m.WindowRequest(window_id=2, keyframe_ids=(0, 1, 2)),
         "window_result": lambda: m.WindowResult(

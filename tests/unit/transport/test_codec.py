@@ -109,8 +109,13 @@ def test_cross_field_invariants_are_checked_at_construction():
 def test_header_is_plain_json_with_the_documented_keys():
     header = json.loads(encode(sample_message("keyframe"), 9, node="kf")[1])
     assert set(header) == {"type", "v", "seq", "t_sent", "node", "scalars", "arrays"}
-    assert header["arrays"] == [{"name": "image", "dtype": "uint8", "shape": [28, 42, 3]}]
-    assert header["scalars"] == {"keyframe_id": 3, "frame_seq": 12, "t_capture": 0.4}
+    assert header["arrays"] == [
+        {"name": "image", "dtype": "uint8", "shape": [28, 42, 3]},
+        {"name": "track_ids", "dtype": "int64", "shape": [5]},
+        {"name": "track_uv", "dtype": "float32", "shape": [5, 2]},
+        {"name": "source_intrinsics", "dtype": "float64", "shape": [3, 3]},
+    ]
+    assert header["scalars"] == {"keyframe_id": 3, "frame_seq": 12, "t_capture": 0.4, "source_hw": [480, 640]}
 
 
 def test_window_result_plan_may_be_a_string():
