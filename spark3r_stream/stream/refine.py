@@ -1,0 +1,182 @@
+"""Local refinement of a window: bundle adjustment of the keyframe poses and the tracks' 3-D points (gtsam).
+
+The network's poses and depths are the starting point and priors; the feature tracks (stream/tracks.py) are what
+the poses are checked against. Factors, all in the source's pixels:
+- a robust (Cauchy) reprojection factor per observation of a track seen by at least `min_views` keyframes;
+- the network's relative pose between consecutive keyframes as a between-factor (`prior_rotation_deg`,
+  `prior_translation`, the latter as a fraction of the median point depth);
+- the network's depth as a weak prior on each point (`depth_prior`, a fraction of its depth), which also fixes
+  the window's scale;
+- the first keyframe's pose fixed (the gauge).
+Levenberg-Marquardt via gtsam (the engine VGGT-SLAM uses). If it fails or does not lower the reprojection error,
+the network's poses are kept and the result says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from spark3r_stream.config import check_field
+from spark3r_stream.stream.tracks import TrackObservations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefineConfig:
+    pixel_sigma: float = 1.0  # reprojection noise (px)
+    robust_px: float = 2.0  # Cauchy kernel width in sigmas (measured: Huber let 10 % outliers pull the poses)
+    prior_rotation_deg: float = 5.0  # trust in the network's relative rotations
+    prior_translation: float = 0.1  # trust in its relative translations, a fraction of the median point depth
+    depth_prior: float = 0.3  # trust in its depth of each point, a fraction of that depth
+    min_views: int = 2  # keyframes that must see a track for it to enter
+    max_iterations: int = 30
+
+    def __post_init__(self):
+        for name in ("pixel_sigma", "robust_px", "prior_rotation_deg", "prior_translation", "depth_prior"):
+            check_field(self, name, getattr(self, name) > 0, "float > 0")
+        check_field(self, "min_views", self.min_views >= 2, "int >= 2")
+        check_field(self, "max_iterations", self.max_iterations >= 1, "int >= 1")
+
+
+@dataclass(frozen=True)
+class Refinement:
+    world_from_cam: np.ndarray  # [K, 4, 4], refined (or the input when `applied` is False)
+    track_ids: np.ndarray  # [M] the tracks that entered
+    points: np.ndarray  # [M, 3] their refined world points
+    num_observations: int
+    error_before_px: float  # median reprojection error with the network's poses and depths
+    error_after_px: float
+    applied: bool
+    reason: str  # "ok" or why the network's poses were kept
+
+
+def refine_window(
+    world_from_cam: np.ndarray,
+    intrinsics: np.ndarray,
+    observations: Sequence[TrackObservations],
+    point_depths: Sequence[np.ndarray],
+    config: RefineConfig | None = None,
+) -> Refinement:
+    """Bundle-adjust one window.
+
+    Args:
+        world_from_cam: [K, 4, 4] camera-to-world poses from the network (any consistent scale).
+        intrinsics: [K, 3, 3] in the pixels of the observations (the source's).
+        observations: per keyframe, its tracks.
+        point_depths: per keyframe, the network's depth at each of its observations ([N_k], NaN where unknown), in
+            the poses' scale: the first keyframe that sees a track with a depth places its initial point.
+    """
+    import gtsam
+    from gtsam.symbol_shorthand import L, X
+
+    cfg = config or RefineConfig()
+    poses = np.asarray(world_from_cam, np.float64)
+    K = len(poses)
+    seen = _tracks_seen(observations, cfg.min_views)
+    initial = _initial_points(poses, intrinsics, observations, point_depths, seen)
+    track_ids = np.array(sorted(initial), dtype=np.int64)
+    keep = Refinement(
+        poses, track_ids, np.array([initial[t][0] for t in track_ids]).reshape(-1, 3), 0, np.nan, np.nan, False, ""
+    )
+    if len(track_ids) < 8 or K < 2:
+        return _kept(keep, f"too few tracks seen by {cfg.min_views}+ keyframes ({len(track_ids)})")
+
+    graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
+    depths = np.array([initial[t][1] for t in track_ids])
+    scale = float(np.median(depths))
+    pixel = gtsam.noiseModel.Robust.Create(
+        gtsam.noiseModel.mEstimator.Cauchy.Create(cfg.robust_px), gtsam.noiseModel.Isotropic.Sigma(2, cfg.pixel_sigma)
+    )
+    relative = gtsam.noiseModel.Diagonal.Sigmas(
+        np.r_[np.full(3, np.radians(cfg.prior_rotation_deg)), np.full(3, cfg.prior_translation * scale)]
+    )
+    for k in range(K):
+        values.insert(X(k), gtsam.Pose3(poses[k]))
+    graph.add(gtsam.NonlinearEqualityPose3(X(0), gtsam.Pose3(poses[0])))
+    for k in range(K - 1):
+        between = gtsam.Pose3(np.linalg.inv(poses[k]) @ poses[k + 1])
+        graph.add(gtsam.BetweenFactorPose3(X(k), X(k + 1), between, relative))
+    index = {int(t): j for j, t in enumerate(track_ids)}
+    num_observations = 0
+    for j, t in enumerate(track_ids):
+        point, depth = initial[int(t)]
+        values.insert(L(j), gtsam.Point3(point))
+        graph.add(
+            gtsam.PriorFactorPoint3(
+                L(j), gtsam.Point3(point), gtsam.noiseModel.Isotropic.Sigma(3, cfg.depth_prior * depth)
+            )
+        )
+    for k, obs in enumerate(observations):
+        calibration = gtsam.Cal3_S2(*_calibration(intrinsics[k]))
+        for t, uv in zip(obs.track_ids, obs.uv, strict=True):
+            if int(t) in index:
+                graph.add(
+                    gtsam.GenericProjectionFactorCal3_S2(
+                        uv.astype(np.float64), pixel, X(k), L(index[int(t)]), calibration
+                    )
+                )
+                num_observations += 1
+    before = _median_reprojection_px(graph, values, gtsam)
+    try:
+        params = gtsam.LevenbergMarquardtParams()
+        params.setMaxIterations(cfg.max_iterations)
+        result = gtsam.LevenbergMarquardtOptimizer(graph, values, params).optimize()
+    except RuntimeError as exc:  # an indeterminate system, a cheirality failure: keep the network's poses
+        return _kept(keep, f"optimiser failed: {exc}", num_observations, before)
+    after = _median_reprojection_px(graph, result, gtsam)
+    if not np.isfinite(after) or after > before:
+        return _kept(keep, f"no improvement ({before:.2f} -> {after:.2f} px)", num_observations, before, after)
+    refined = np.stack([result.atPose3(X(k)).matrix() for k in range(K)])
+    points = np.stack([result.atPoint3(L(j)) for j in range(len(track_ids))])
+    return Refinement(refined, track_ids, points, num_observations, before, after, True, "ok")
+
+
+def _tracks_seen(observations: Sequence[TrackObservations], min_views: int) -> set[int]:
+    ids, counts = np.unique(np.concatenate([o.track_ids for o in observations]), return_counts=True)
+    return {int(t) for t in ids[counts >= min_views]}
+
+
+def _initial_points(
+    poses, intrinsics, observations, point_depths, seen: set[int]
+) -> dict[int, tuple[np.ndarray, float]]:
+    """Track id -> (world point, its depth) from the first keyframe that sees it with a finite, positive depth."""
+    points: dict[int, tuple[np.ndarray, float]] = {}
+    for k, (obs, depth) in enumerate(zip(observations, point_depths, strict=True)):
+        inverse_k = np.linalg.inv(intrinsics[k])
+        for t, uv, z in zip(obs.track_ids, obs.uv, depth, strict=True):
+            t = int(t)
+            if t in points or t not in seen or not (np.isfinite(z) and z > 0):
+                continue
+            ray = inverse_k @ np.array([uv[0], uv[1], 1.0])
+            points[t] = (poses[k, :3, :3] @ (ray * z) + poses[k, :3, 3], float(z))
+    return points
+
+
+def _calibration(k: np.ndarray) -> tuple[float, float, float, float, float]:
+    return float(k[0, 0]), float(k[1, 1]), float(k[0, 1]), float(k[0, 2]), float(k[1, 2])
+
+
+def _median_reprojection_px(graph, values, gtsam) -> float:
+    """Median pixel error over the reprojection factors (the robust kernel's input, unweighted)."""
+    errors = []
+    for i in range(graph.size()):
+        factor = graph.at(i)
+        if isinstance(factor, gtsam.GenericProjectionFactorCal3_S2):
+            try:
+                camera = gtsam.PinholeCameraCal3_S2(values.atPose3(factor.keys()[0]), factor.calibration())
+                errors.append(np.linalg.norm(camera.project(values.atPoint3(factor.keys()[1])) - factor.measured()))
+            except RuntimeError:  # behind the camera
+                errors.append(np.inf)
+    return float(np.median(errors)) if errors else float("nan")
+
+
+def _kept(
+    keep: Refinement, reason: str, num_observations: int = 0, before: float = np.nan, after: float = np.nan
+) -> Refinement:
+    log.info("refinement not applied: %s", reason)
+    return Refinement(keep.world_from_cam, keep.track_ids, keep.points, num_observations, before, after, False, reason)
