@@ -8,6 +8,7 @@ predicts without looking at the images; a rotating motion makes it an arc, so th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ from spark3r_stream.eval.trajectory import (
     trajectory_extent,
     trajectory_metrics,
 )
+
+log = logging.getLogger(__name__)
 
 HELD_OUT_SEED_START = 900_000  # seeds the training never renders (spark3r_stream.train.data)
 
@@ -203,9 +206,15 @@ def load_sequence(spec: str, input_size: int, max_frames: int | None = None) -> 
         frames = list(source)
     finally:
         source.close()
+    with_pose = [f for f in frames if f.world_from_cam is not None]
+    if len(with_pose) < 2:
+        raise SourceError(f"sequence {spec}: {len(with_pose)} of {len(frames)} frames have a ground-truth pose; need 2")
+    if len(with_pose) < len(frames):  # e.g. EuRoC, whose ground truth starts after the images
+        log.info(
+            "sequence %s: scoring the %d of %d frames that have a ground-truth pose", spec, len(with_pose), len(frames)
+        )
+    frames = with_pose
     poses = [f.world_from_cam for f in frames]
-    if not frames or any(p is None for p in poses):
-        raise SourceError(f"sequence {spec}: needs ground-truth poses for every frame to be evaluated")
     images = load_and_preprocess_images([f.image for f in frames], target_size=input_size)
     images_u8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     kind, target, _ = parse_spec(spec)

@@ -115,3 +115,10 @@ def test_eval_command_runs_the_pair_probe(tmp_path, capsys):
     assert pairs["pairs"] == 2 and pairs["identity_rotation_error_deg"] > 2.0
     assert "held-out pairs: 2, rotation error" in capsys.readouterr().out
     assert main(["eval", "--out", str(tmp_path)]) == 2  # nothing to score is a one-line error
+
+
+def test_sequences_whose_ground_truth_starts_late_are_scored_on_the_frames_that_have_it():
+    from tests.conftest import fixture_path
+
+    sequence = load_sequence(str(fixture_path("data", "euroc_micro")), input_size=56)  # 4 frames, GT for the last 2
+    assert len(sequence.images) == len(sequence.world_from_cam) == 2
