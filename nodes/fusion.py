@@ -27,7 +27,7 @@ def body(ctx: NodeContext) -> int:
     # the resolved config of every node (the launcher writes them all before starting any), into the recording
     configs = sorted((ctx.out / "launch").glob("*.yaml"))
     viewer.log_run_config("\n".join(f"# {path.name}\n{path.read_text()}" for path in configs))
-    step, timer = FusionStep(GlobalMap(config.map), viewer), StageTimer()
+    step, timer = FusionStep(GlobalMap(config.map), viewer, config.backend), StageTimer()
     report = ctx.report(ctx.out / "report.json")
     with node_loop(ctx, report) as loop:
         loop.on(Keyframe, timer.wrap("add_keyframe", step.on_keyframe))

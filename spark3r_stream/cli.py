@@ -11,7 +11,17 @@ from pathlib import Path
 from spark3r_stream.errors import Spark3RError
 
 log = logging.getLogger("spark3r")
-BENCHMARKS = ("attention", "backbone", "fidelity", "transport", "pipeline", "profile", "quality", "encoder_cache")
+BENCHMARKS = (
+    "attention",
+    "backbone",
+    "fidelity",
+    "transport",
+    "pipeline",
+    "profile",
+    "quality",
+    "encoder_cache",
+    "backend",
+)
 
 
 def _setup_logging(level: str) -> None:

@@ -275,6 +275,13 @@ class GlobalMap:
                 record.points_revision += 1
         log.info("map over %d points: every keyframe thinned to at most %d", self.config.max_total_points, share)
 
+    def set_poses(self, poses: dict[int, np.ndarray]) -> None:
+        """Replace keyframe poses (a back end's refinement); their points move with them (kept in camera frames)."""
+        for keyframe_id, world_from_cam in poses.items():
+            record = self._record(keyframe_id)
+            record.world_from_cam = np.asarray(world_from_cam, np.float64).copy()
+            record.pose_revision += 1
+
     # ---------------------------------------------------------------------------------------------------- queries
 
     @property

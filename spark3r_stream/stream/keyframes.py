@@ -210,6 +210,14 @@ def _small_gray(image: np.ndarray, width: int) -> np.ndarray:
     return gray
 
 
+def model_from_source(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[float, int, int]:
+    """(scale, top, left) of `resize_for_model`: model pixel = scale * source pixel - (left, top)."""
+    (height, width), (target_h, target_w) = source_hw, target_hw
+    scale = max(target_h / height, target_w / width)
+    new_h, new_w = max(target_h, round(height * scale)), max(target_w, round(width * scale))
+    return scale, (new_h - target_h) // 2, (new_w - target_w) // 2
+
+
 def resize_for_model(image: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
     """Resize an image to the model input size without distortion: scale to cover, then centre crop.
 

@@ -85,3 +85,14 @@ def test_bench_pipeline_memory_sweep_runs_the_pipeline_steps_with_bounded_stores
     (row,) = memory_sweep(100)
     assert row["keyframes"] == 100 and row["map_points"] > 0
     assert row["stored_images"] <= 20 and row["cached_encodings"] <= 20  # bounded by the window, not the stream
+
+
+def test_bench_backend_quick_runs_both_back_ends(capsys):
+    from benchmarks import bench_backend
+
+    before = sorted(RESULTS.iterdir())
+    assert bench_backend.main(["--quick"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["back end"] for r in rows] == ["network poses + Sim(3) chain", "refinement"]
+    assert rows[1]["refined"].split("/")[0] != "0" and rows[0]["ate_constant_baseline_m"] > 0
+    assert sorted(RESULTS.iterdir()) == before

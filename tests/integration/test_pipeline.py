@@ -137,3 +137,22 @@ def test_single_process_pipeline_matches_the_nodes(synth_run, tmp_path):
 def test_recording_carries_the_resolved_run_config(synth_run):
     out, _ = synth_run
     assert "run/config" in recorded_entity_paths(out / "recording.rrd")
+
+
+def test_back_end_refinement_lowers_the_error_against_the_images(tmp_path):
+    """Local bundle adjustment of each window against the keyframes' feature tracks (stream/refine.py)."""
+    ates = {}
+    for refine in ("false", "true"):
+        out = tmp_path / refine
+        result = spark3r(
+            "run", "demo", "--single-process", "--out", str(out),
+            "--set", f"capture.frames={NUM_FRAMES}", "--set", f"fusion.backend.refine={refine}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        report = read_report(out)
+        ates[refine] = report["trajectory"]["all_frames"]["ate_rmse_m"]
+    backend = report["backend"]
+    assert backend["applied"] >= 1
+    run = next(r for r in backend["runs"] if r["applied"])
+    assert run["error_after_px"] < run["error_before_px"]
+    assert ates["true"] < ates["false"]
