@@ -46,9 +46,9 @@ class KeyframesConfig:
 class BackendConfig:
     """Fusion's back end: `refine` bundle-adjusts each window's keyframes against their feature tracks."""
 
-    # off by default until it helps on every measured sequence (benchmarks/results/bench_backend.md: it halves the
-    # ATE of the 150-frame demo and both real RGB-D fragments, but not of a 30-frame demo)
-    refine: bool = False
+    # on: it lowers the ATE on every measured sequence (benchmarks/results/bench_backend.md; the demo at 30, 40, 80
+    # and 150 frames and both real RGB-D fragments were checked)
+    refine: bool = True
     refinement: RefineConfig = field(default_factory=RefineConfig)
 
 
