@@ -1,9 +1,10 @@
 """The back end's effect: the same runs with fusion's local refinement off (network poses chained by Sim(3)) and on
 (each window bundle-adjusted against the keyframes' feature tracks), next to the constant-trajectory baseline.
 
-Runs the single-process pipeline (stream/pipeline.py: the nodes' steps) on the demo and on the real RGB-D
-fragments in ../shared/data (or any TUM-style folder given). ATE is Sim(3)-aligned over every frame. Loop closure
-and the pose graph are not built yet (issue 14).
+Runs the single-process pipeline (stream/pipeline.py: the nodes' steps) on the demo, a synthetic orbit, a synthetic
+1,000-frame loop that returns to its start, and the real RGB-D fragments in ../shared/data. ATE is Sim(3)-aligned over
+every frame; the loop's end-to-start gap is the distance between the first and last estimated camera after that
+alignment (its ground truth is ~0). Loop closure and the pose graph are not built yet (issue 14).
 
     python -m benchmarks.bench_backend [--data ../shared/data] [--quick]
 """
@@ -16,9 +17,24 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.bench_attention import header, table, write_results
 
 REAL = ("sun3d_studyroom_frag1_f0935-0984", "sun3d_studyroom_frag2_f3160-3209")
+
+
+def end_to_start_gap(trajectory: Path, groundtruth: Path) -> tuple[float, float]:
+    """(estimated, true) distance between the first and last camera centre, the estimate Sim(3)-aligned to the truth."""
+    from spark3r_stream.eval.trajectory import align_trajectory, associate, read_tum
+
+    est_t, est = read_tum(trajectory)
+    gt_t, gt = read_tum(groundtruth)
+    i, j = associate(est_t, gt_t, max_difference_s=0.02)
+    gt_from_est = align_trajectory(est[i], gt[j])
+    centres = est[i][:, :3, 3] @ gt_from_est[:3, :3].T + gt_from_est[:3, 3]
+    true = gt[j][:, :3, 3]
+    return float(np.linalg.norm(centres[-1] - centres[0])), float(np.linalg.norm(true[-1] - true[0]))
 
 
 def run(launch: str, overrides: list[str], refine: bool) -> dict:
@@ -27,6 +43,7 @@ def run(launch: str, overrides: list[str], refine: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_backend-") as out:
         code = run_single_process(launch, out, [*overrides, f"fusion.backend.refine={str(refine).lower()}"])
         report = json.loads((Path(out) / "report.json").read_text())
+        gap, true_gap = end_to_start_gap(Path(out) / "trajectory.tum", Path(out) / "groundtruth.tum")
     if code != 0:
         raise RuntimeError(f"{launch} {overrides}: exit code {code}")
     ate = report["trajectory"]["all_frames"]
@@ -38,6 +55,8 @@ def run(launch: str, overrides: list[str], refine: bool) -> dict:
         "ate_over_extent": ate["ate_over_extent"],
         "ate_constant_baseline_m": ate["ate_constant_baseline_m"],
         "rpe_rot_rmse_deg": ate.get("rpe_rot_rmse_deg", float("nan")),
+        "end_to_start_m": gap,
+        "true_end_to_start_m": true_gap,
         "windows": report["windows"]["count"],
         "refined": f"{len(applied)}/{len(runs)}" if refine else "–",
         "reprojection_px": (
@@ -59,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cases = [("demo", "demo", ["capture.frames=30"] if args.quick else [])]
     if not args.quick:
+        cases += [
+            ("orbit, 300 frames", "demo", ["capture.path=orbit", "capture.frames=300", "capture.seed=3"]),
+            ("loop, 1,000 frames", "demo", ["capture.path=loop", "capture.frames=1000", "capture.seed=4"]),
+        ]
         cases += [(name, "replay_tum", [f"capture.path={Path(args.data) / name}"]) for name in REAL]
     rows = []
     for name, launch, overrides in cases:
@@ -79,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("ate_over_extent", "ATE / extent"),
                 ("ate_constant_baseline_m", "constant trajectory (m)"),
                 ("rpe_rot_rmse_deg", "RPE rot (°)"),
+                ("end_to_start_m", "end-to-start (m)"),
+                ("true_end_to_start_m", "true end-to-start (m)"),
                 ("windows", "windows"),
                 ("refined", "windows refined"),
                 ("reprojection_px", "reprojection (px)"),
