@@ -18,11 +18,11 @@ from tests.integration.conftest import read_report, spark3r, tum_rows
 pytestmark = pytest.mark.integration
 
 NUM_FRAMES = 40
-# The bound any estimate must beat: after Sim(3) alignment the ATE of a degenerate estimate (all cameras at one
-# point) is the RMS distance of the GT centres from their mean, below half the trajectory extent. The shipped
-# vggt-tiny has not learned rotations yet (its model card), so the test holds it to that bound, not a tighter one;
-# bench_pipeline reports the measured ATE.
-ATE_OVER_EXTENT_BOUND = 0.5
+# The shipped vggt-tiny with the back end scores ATE/extent 0.077 and 0.20x the constant trajectory's ATE on this
+# 40-frame demo (session 7); the bounds leave a margin. A degenerate estimate (every camera at one point) scores
+# exactly the constant-trajectory ATE (1.0x) and fails the second bound.
+ATE_OVER_EXTENT_BOUND = 0.2
+ATE_OVER_CONSTANT_BOUND = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_trajectory_is_scored_against_ground_truth(synth_run):
     metrics = read_report(out)["trajectory"]["all_frames"]
     assert metrics["num_poses"] == NUM_FRAMES
     assert metrics["ate_over_extent"] < ATE_OVER_EXTENT_BOUND
-    assert metrics["ate_constant_baseline_m"] > 0  # what the ATE means: a constant trajectory's score, printed too
+    assert metrics["ate_rmse_m"] < ATE_OVER_CONSTANT_BOUND * metrics["ate_constant_baseline_m"]
     assert (
         f"a constant trajectory (every camera at the mean ground-truth position) scores {metrics['ate_constant_baseline_m']:.4f} m"
         in result.stdout
