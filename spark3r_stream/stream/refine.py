@@ -36,7 +36,9 @@ class RefineConfig:
     prior_translation: float = 0.03
     depth_prior: float = 0.3  # trust in its depth of each point, a fraction of that depth
     min_views: int = 2  # keyframes that must see a track for it to enter
-    max_iterations: int = 30
+    # Levenberg-Marquardt iterations: 10 gave the same ATE as 30 on the demo (0.949 vs 0.956 m) and the real
+    # fragments (0.033 / 0.054 vs 0.033 / 0.053 m) in 82 instead of 99 ms per demo window
+    max_iterations: int = 10
 
     def __post_init__(self):
         for name in ("pixel_sigma", "robust_px", "prior_rotation_deg", "prior_translation", "depth_prior"):
