@@ -70,6 +70,15 @@ class FusionConfig:
         return dataclasses.replace(rerun, recording_id=rerun.recording_id or recording_id)
 
 
+@dataclass(frozen=True)
+class KeyframeTracks:
+    """What the back end keeps of a keyframe message: its tracks and the source frame they are measured in."""
+
+    observations: TrackObservations
+    source_hw: tuple[int, ...]
+    source_intrinsics: np.ndarray | None
+
+
 class KeyframeStep:
     """Frames -> one FrameRecord each, plus a Keyframe (with its feature tracks) and possibly a WindowRequest when
     the frame is selected."""
@@ -170,7 +179,8 @@ class FusionStep:
         self.gmap = gmap
         self.viewer = viewer  # a viz.rerun_logger.MapLogger; None records nothing (benchmarks)
         self.backend = backend or BackendConfig()
-        self.tracks: dict[int, Keyframe] = {}  # keyframe_id -> its message (tracks, source size and intrinsics)
+        # keyframe_id -> its tracks, source size and intrinsics (not the image); forgotten once no window can hold it
+        self.tracks: dict[int, KeyframeTracks] = {}
         self.refinements: list[dict[str, Any]] = []
         self.newest = {"frame_seq": 0, "t": 0.0}
         self.num_frames = 0
@@ -185,7 +195,10 @@ class FusionStep:
         self.gmap.add_keyframe(keyframe.keyframe_id, keyframe.frame_seq, keyframe.t_capture, keyframe.image)
         self.newest.update(frame_seq=keyframe.frame_seq, t=keyframe.t_capture)
         if self.backend.refine and keyframe.track_ids is not None:
-            self.tracks[keyframe.keyframe_id] = keyframe
+            observations = TrackObservations(keyframe.track_ids, keyframe.track_uv)
+            self.tracks[keyframe.keyframe_id] = KeyframeTracks(
+                observations, keyframe.source_hw, keyframe.source_intrinsics
+            )
 
     def on_result(self, result: WindowResult) -> MapUpdate | None:
         fields = ("window_id", "keyframe_ids", "world_from_cam", "intrinsics", "dense_keyframe_ids", "depth")
@@ -201,7 +214,11 @@ class FusionStep:
 
     def _refine(self, result: WindowResult, map_scale: float) -> None:
         """Bundle-adjust the window's keyframes (map frame) against their tracks; the map takes the refined poses."""
-        ids = [k for k in result.keyframe_ids if k in self.tracks and k in self.gmap.keyframe_ids]
+        # windows never reach back before the current one's first keyframe (stream/windows.py): older tracks go
+        for old in [k for k in self.tracks if k < min(result.keyframe_ids)]:
+            del self.tracks[old]
+        posed = set(self.gmap.keyframe_ids)
+        ids = [k for k in result.keyframe_ids if k in self.tracks and k in posed]
         if len(ids) < 2:
             return
         dense = {k: i for i, k in enumerate(result.dense_keyframe_ids)}
@@ -217,14 +234,15 @@ class FusionStep:
                 intrinsics.append(
                     np.diag([1 / scale, 1 / scale, 1.0]) @ (model_k + [[0, 0, left], [0, 0, top], [0, 0, 0]])
                 )
-            depth = np.full(len(keyframe.track_ids), np.nan)
+            uv = keyframe.observations.uv
+            depth = np.full(len(uv), np.nan)
             if k in dense:  # the network's depth at each track, in map units
-                cols = np.round(keyframe.track_uv[:, 0] * scale - left).astype(int)
-                rows = np.round(keyframe.track_uv[:, 1] * scale - top).astype(int)
+                cols = np.round(uv[:, 0] * scale - left).astype(int)
+                rows = np.round(uv[:, 1] * scale - top).astype(int)
                 inside = (rows >= 0) & (rows < model_hw[0]) & (cols >= 0) & (cols < model_hw[1])
                 depth[inside] = result.depth[dense[k]][rows[inside], cols[inside]] * map_scale
             depths.append(depth)
-        observations = [TrackObservations(self.tracks[k].track_ids, self.tracks[k].track_uv) for k in ids]
+        observations = [self.tracks[k].observations for k in ids]
         poses = np.stack([self.gmap.world_from_cam(k) for k in ids])
         refinement = refine_window(poses, np.stack(intrinsics), observations, depths, self.backend.refinement)
         self.refinements.append(

@@ -172,3 +172,28 @@ def test_ground_truth_of_recorded_frames_in_frame_order_with_their_times():
     with pytest.raises(InputError, match=r"frame 3 ground truth: expected a \[4, 4\] pose, got shape \(3, 4\)"):
         global_map.record_frame(3, 0.3, np.eye(4)[:3])
     assert GlobalMap().ground_truth()[1].shape == (0, 4, 4)
+
+
+def test_fusion_back_end_keeps_tracks_only_for_keyframes_a_later_window_can_hold():
+    from spark3r_stream.stream.pipeline import FusionStep
+    from spark3r_stream.transport.messages import Keyframe, WindowResult
+
+    fusion = FusionStep(GlobalMap(GlobalMapConfig(confidence_quantile=0.0)))
+    for k in range(6):
+        image = np.full((HEIGHT, WIDTH, 3), 40 * k, np.uint8)
+        tracks = {"track_ids": np.arange(3, dtype=np.int64), "track_uv": np.zeros((3, 2), np.float32)}
+        fusion.on_keyframe(
+            Keyframe(keyframe_id=k, frame_seq=k, t_capture=float(k), image=image, source_hw=(12, 16), **tracks)
+        )
+    assert sorted(fusion.tracks) == list(range(6))
+    for window_id, ids in ((0, range(4)), (1, range(2, 6))):
+        window = _window(ids, np.eye(4))
+        fusion.on_result(
+            WindowResult(
+                window_id=window_id, keyframe_ids=window["keyframe_ids"], world_from_cam=window["window_from_cam"],
+                intrinsics=window["intrinsics"], dense_keyframe_ids=window["dense_keyframe_ids"],
+                depth=window["depth"], depth_conf=window["confidence"], timings={}, plan={}, model="test",
+            )
+        )  # fmt: skip
+    assert sorted(fusion.tracks) == [2, 3, 4, 5]  # windows never reach back before keyframe 2 again
+    assert len(fusion.refinements) == 2 and not fusion.refinements[0]["applied"]  # 3 tracks: too few to refine
