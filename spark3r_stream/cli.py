@@ -51,16 +51,15 @@ def add_viewer_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("viewer (Rerun; headless by default: only the .rrd file is written)")
     group.add_argument("--spawn", action="store_true", help="start a local Rerun viewer and stream to it (a display)")
     group.add_argument("--connect", metavar="URL", help="stream to a running viewer, e.g. rerun+http://HOST:9876/proxy")
-    group.add_argument("--rrd", metavar="PATH", help="save the recording here (default: OUT/recording.rrd)")
-    group.add_argument("--no-rrd", action="store_true", help="save no recording")
+    rrd = group.add_mutually_exclusive_group()
+    rrd.add_argument("--rrd", metavar="PATH", help="save the recording here (default: OUT/recording.rrd)")
+    rrd.add_argument("--no-rrd", action="store_true", help="save no recording")
 
 
 def viewer_config(args: argparse.Namespace, out: Path):
     """The RerunConfig of the viewer flags."""
     from spark3r_stream.viz.config import RerunConfig
 
-    if args.no_rrd and args.rrd:
-        raise Spark3RError("--rrd and --no-rrd: give one of them")
     rrd = None if args.no_rrd else Path(args.rrd) if args.rrd else out / "recording.rrd"
     return RerunConfig(spawn=args.spawn, connect_url=args.connect, rrd_path=rrd)
 
@@ -69,8 +68,6 @@ def viewer_overrides(args: argparse.Namespace) -> list[str]:
     """The viewer flags as launch-file overrides of the fusion node (its `rerun` params and `save_rrd`)."""
     overrides = ["fusion.rerun.spawn=true"] if args.spawn else []
     overrides += [f"fusion.rerun.connect_url={args.connect}"] if args.connect else []
-    if args.no_rrd and args.rrd:
-        raise Spark3RError("--rrd and --no-rrd: give one of them")
     overrides += [f"fusion.rerun.rrd_path={Path(args.rrd).resolve()}"] if args.rrd else []
     overrides += ["fusion.save_rrd=false"] if args.no_rrd else []
     return overrides

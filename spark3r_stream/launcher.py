@@ -375,22 +375,20 @@ def run_single_process(path: str | Path, out: str | Path, overrides: Sequence[st
     frames = open_source(params["capture"])
     report = RunReport("pipeline (single process)", out / "report.json")
     report.set("source", frames.info)
+    status, error, code = "ok", None, 0
     try:
         pipeline.run(frames, out, report)
     except KeyboardInterrupt:
-        report.finish("stopped")
-        return 130
+        status, code = "stopped", 130
     except Exception as exc:  # noqa: BLE001 - the outputs are written by run(); the report says why it stopped
         log.exception("single-process run failed")
-        report.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        return 1
+        status, error, code = "failed", f"{type(exc).__name__}: {exc}", 1
     finally:
         report.set("source_counters", dict(frames.counters))
         frames.close()
+        report.finish(status, error=error)
         report.write()
-    report.finish("ok")
-    report.write()
-    return 0
+    return code
 
 
 def summarize_run(out: str | Path) -> str:

@@ -104,6 +104,8 @@ def test_viewer_flags_are_the_same_on_every_recording_command(tmp_path):
     ):
         args = parser.parse_args([*command, "--spawn", "--connect", "rerun+http://h:9876/proxy", "--rrd", "r.rrd"])
         assert (args.spawn, args.connect, args.rrd, args.no_rrd) == (True, "rerun+http://h:9876/proxy", "r.rrd", False)
+    with pytest.raises(SystemExit):  # one or the other
+        parser.parse_args(["demo", "--rrd", "r.rrd", "--no-rrd"])
     args = parser.parse_args(["demo", "--no-rrd"])
     assert viewer_overrides(args) == ["fusion.save_rrd=false"]
     assert viewer_config(args, tmp_path).rrd_path is None
