@@ -165,6 +165,10 @@ def _substitute(value: Any, variables: Mapping[str, str], where: str) -> Any:
 def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[ResolvedNode]:
     """Every node's config: params, endpoints (edge defaults <- launch `edges` <- node `endpoints`), out, run id."""
     run_dir = default_run_dir(run_id) if spec.transport == "ipc" else None
+    producers = {  # edge -> the launch file's nodes that send on it: the only names that may end it downstream
+        edge: [n for n, e in spec.nodes.items() if edge in NODE_EDGES[e.node or n]["out"]]
+        for edge in {e for kind in NODE_KINDS for e in NODE_EDGES[kind]["in"]}
+    }
     resolved = []
     for name, entry in spec.nodes.items():
         kind = entry.node or name
@@ -175,6 +179,8 @@ def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[Reso
                 fields = {**spec.edges.get(edge, {}), **entry.endpoints.get(edge, {})}
                 fields = _substitute(fields, spec.vars, f"{where}.endpoints.{edge}")
                 fields.setdefault("transport", spec.transport)
+                if direction == "in" and producers[edge]:
+                    fields.setdefault("upstream_nodes", producers[edge])
                 if run_dir is not None:
                     fields.setdefault("run_dir", str(run_dir))
                 try:

@@ -3,6 +3,11 @@
 Header (UTF-8 JSON, at most 64 KiB): `type`, `v`, `seq`, `t_sent`, `node`, `scalars` (every non-array field),
 `arrays` (`[{name, dtype, shape}]`, one per buffer, in order). Buffers are the raw C-contiguous array memory.
 
+No input crashes `decode`: JSON nesting is bounded (MAX_JSON_DEPTH), numbers are bounded in digits before Python
+converts them (MAX_NUMBER_CHARS; NaN/Infinity are refused), every int fits an int64, every field's type and range
+(messages.ScalarSpec) is checked, and the arrays declared finite (a source's poses and intrinsics) hold no NaN/inf: an
+optional one that does is cleared to None and named in `header["cleared"]`, a required one drops the message.
+
 Zero-copy rule: `encode` hands out the arrays themselves (no copy). Once a message is sent with `copy=False`,
 libzmq reads that memory later from its I/O thread, so **never mutate an array after sending it** (allocate
 a new one per message, or send with `track=True` and `tracker.wait()` before reuse). Decoded arrays are
@@ -22,10 +27,20 @@ from typing import Any, Union
 import numpy as np
 
 from spark3r_stream.errors import DecodeError
-from spark3r_stream.transport.messages import MESSAGE_TYPES, MessageType, message_type
+from spark3r_stream.transport.messages import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_NAME_LEN,
+    MESSAGE_TYPES,
+    MessageType,
+    ScalarSpec,
+    message_type,
+)
 
 MAX_HEADER_BYTES = 64 << 10
 HEADER_KEYS = frozenset({"type", "v", "seq", "t_sent", "node", "scalars", "arrays"})
+MAX_JSON_DEPTH = 16  # real headers nest 4 deep (header > scalars > plan > list); 30,000 `[` overflowed the parser
+MAX_NUMBER_CHARS = 40  # an int64 has 20 characters, a float64 repr at most 24; "1" * 4301 made int() raise
 
 Buffer = bytes | memoryview | np.ndarray
 
@@ -41,7 +56,7 @@ def encode(msg: Any, seq: int, *, node: str = "", t_sent: float | None = None) -
     buffers: list[Buffer] = []
     for name, hint in mt.scalars.items():
         value = getattr(msg, name)
-        problem = _scalar_problem(value, hint, name in mt.optional)
+        problem = _scalar_problem(value, hint, name in mt.optional, mt.limits.get(name))
         if problem:
             raise TypeError(f"{mt.cls.__name__}.{name}: {problem}")
         scalars[name] = _to_json(value)
@@ -87,10 +102,7 @@ def decode(frames: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     header_view = _as_view(frames[1])
     if header_view.nbytes > MAX_HEADER_BYTES:
         raise DecodeError("header_too_large", f"header is {header_view.nbytes} bytes > {MAX_HEADER_BYTES}")
-    try:
-        header = json.loads(bytes(header_view))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError("bad_header", f"header is not JSON: {exc}") from None
+    header = _parse_header(bytes(header_view))
     if not isinstance(header, dict):
         raise DecodeError("bad_header", f"header is a JSON {type(header).__name__}, not an object")
     if set(header) != HEADER_KEYS:
@@ -109,13 +121,72 @@ def decode(frames: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     for key, kind in (("seq", int), ("t_sent", (int, float)), ("node", str), ("scalars", dict), ("arrays", list)):
         if not isinstance(header[key], kind) or isinstance(header[key], bool):
             raise DecodeError("bad_header", f"header {key} is {type(header[key]).__name__}")
+    if not 0 <= header["seq"] <= INT64_MAX:
+        raise DecodeError("bad_header", f"header seq {header['seq']} is outside 0..{INT64_MAX}")
+    if not math.isfinite(header["t_sent"]):
+        raise DecodeError("bad_header", f"header t_sent {header['t_sent']} is not finite")
+    if len(header["node"]) > MAX_NAME_LEN:
+        raise DecodeError("bad_header", f"header node name has {len(header['node'])} characters > {MAX_NAME_LEN}")
     fields = _decode_scalars(mt, header["scalars"])
-    fields.update(_decode_arrays(mt, header["arrays"], frames[2:]))
+    arrays, cleared = _decode_arrays(mt, header["arrays"], frames[2:])
+    fields.update(arrays)
     try:
         msg = mt.cls(**fields)
     except (TypeError, ValueError) as exc:  # cross-field invariants (__post_init__)
         raise DecodeError("inconsistent", f"{mt.topic}: {exc}") from None
+    if cleared:
+        header["cleared"] = cleared
     return msg, header
+
+
+def _parse_header(data: bytes) -> Any:
+    """JSON with bounded nesting and number sizes; DecodeError for anything else (never RecursionError,
+    ValueError from int(), or a float that overflowed to inf)."""
+    try:
+        header = json.loads(data, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError("bad_header", f"header is not JSON: {str(exc)[:120]}") from None
+    except RecursionError:
+        raise DecodeError("too_deep", f"header nests deeper than the parser allows (limit {MAX_JSON_DEPTH})") from None
+    depth = _json_depth(header)
+    if depth > MAX_JSON_DEPTH:
+        raise DecodeError("too_deep", f"header nests {depth} levels > {MAX_JSON_DEPTH}")
+    return header
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise DecodeError("bad_number", f"integer of {len(text)} digits > {MAX_NUMBER_CHARS} characters")
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise DecodeError("bad_number", f"integer {text} does not fit int64")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise DecodeError("bad_number", f"number of {len(text)} characters > {MAX_NUMBER_CHARS}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise DecodeError("bad_number", f"number {text} overflows float64")
+    return value
+
+
+def _parse_constant(text: str) -> float:
+    raise DecodeError("bad_number", f"{text} is not a finite number")
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), level by level, stopping one level past MAX_JSON_DEPTH."""
+    depth, level = 0, [value]
+    while True:
+        containers = [v for v in level if isinstance(v, (dict, list))]
+        if not containers or depth > MAX_JSON_DEPTH:
+            return depth
+        depth += 1
+        level = [v for item in containers for v in (item.values() if isinstance(item, dict) else item)]
+        level = [v for v in level if isinstance(v, (dict, list))] if depth else level
+    return depth
 
 
 def _decode_scalars(mt: MessageType, scalars: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +198,7 @@ def _decode_scalars(mt: MessageType, scalars: dict[str, Any]) -> dict[str, Any]:
     fields = {}
     for name, value in scalars.items():
         hint = mt.scalars[name]
-        problem = _scalar_problem(value, hint, name in mt.optional, from_json=True)
+        problem = _scalar_problem(value, hint, name in mt.optional, mt.limits.get(name), from_json=True)
         if problem:
             raise DecodeError("bad_field", f"{mt.topic}.{name}: {problem}")
         if isinstance(value, list):
@@ -138,14 +209,20 @@ def _decode_scalars(mt: MessageType, scalars: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _decode_arrays(mt: MessageType, metas: list[Any], buffers: Sequence[Any]) -> dict[str, np.ndarray]:
+def _decode_arrays(
+    mt: MessageType, metas: list[Any], buffers: Sequence[Any]
+) -> tuple[dict[str, np.ndarray | None], list[str]]:
+    """The arrays, and the names of optional finite arrays cleared to None because they held NaN/inf."""
     if len(metas) != len(buffers):
         raise DecodeError("truncated", f"{mt.topic}: header lists {len(metas)} arrays, got {len(buffers)} buffers")
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | None] = {}
+    cleared: list[str] = []
     for meta, buf in zip(metas, buffers, strict=True):
         if not (isinstance(meta, dict) and set(meta) == {"name", "dtype", "shape"}):
             raise DecodeError("bad_header", f"{mt.topic}: array entry {str(meta)[:80]} is not {{name, dtype, shape}}")
         name, dtype, shape = meta["name"], meta["dtype"], meta["shape"]
+        if not isinstance(name, str):
+            raise DecodeError("bad_header", f"{mt.topic}: array name {str(name)[:40]} is not a string")
         if name not in mt.arrays:
             raise DecodeError("extra_field", f"{mt.topic}: unexpected array {str(name)[:40]!r}")
         if name in arrays:
@@ -164,25 +241,42 @@ def _decode_arrays(mt: MessageType, metas: list[Any], buffers: Sequence[Any]) ->
             )
         arr = np.frombuffer(view, dtype=dtype).reshape(shape)
         arr.flags.writeable = False
+        if spec.is_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if name not in mt.optional:
+                raise DecodeError("non_finite", f"{mt.topic}.{name}: NaN or inf in {dtype}{shape}")
+            cleared.append(name)  # e.g. a ground-truth pose: the frame is still good, the pose is not
+            arrays[name] = None
+            continue
         arrays[name] = arr
     missing = set(mt.arrays) - set(arrays) - mt.optional
     if missing:
         raise DecodeError("missing_field", f"{mt.topic}: missing arrays {sorted(missing)}")
-    return arrays
+    return arrays, cleared
 
 
-def _scalar_problem(value: Any, hint: Any, optional: bool, *, from_json: bool = False) -> str | None:
-    """Why `value` does not fit the scalar type `hint` (None if it fits). JSON lists stand for tuples."""
+def _scalar_problem(
+    value: Any, hint: Any, optional: bool, limits: ScalarSpec | None = None, *, from_json: bool = False
+) -> str | None:
+    """Why `value` does not fit the scalar type `hint` and its range (None if it fits). JSON lists stand for tuples."""
+    problem = _type_problem(value, hint, optional, from_json=from_json)
+    if problem is None and value is not None and limits is not None:
+        problem = limits.problem(value)
+    return problem
+
+
+def _type_problem(value: Any, hint: Any, optional: bool, *, from_json: bool = False) -> str | None:
     if value is None:
         return None if optional else "is required, got null"
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        problems = [_scalar_problem(value, arg, False, from_json=from_json) for arg in typing.get_args(hint)]
+        problems = [_type_problem(value, arg, False, from_json=from_json) for arg in typing.get_args(hint)]
         return None if any(p is None for p in problems) else f"expected {hint}, got {type(value).__name__}"
     if hint is bool:
         return None if isinstance(value, bool) else f"expected bool, got {type(value).__name__}"
     if hint is int:
-        return None if _is_int(value) else f"expected int, got {type(value).__name__}"
+        if not _is_int(value):
+            return f"expected int, got {type(value).__name__}"
+        return None if INT64_MIN <= value <= INT64_MAX else f"expected an int64, got {value}"
     if hint is float:
         if _is_int(value) or isinstance(value, (float, np.floating)):
             return None if math.isfinite(value) else f"expected finite float, got {value}"
@@ -192,13 +286,15 @@ def _scalar_problem(value: Any, hint: Any, optional: bool, *, from_json: bool = 
     if origin is tuple:
         if not isinstance(value, list if from_json else tuple):
             return f"expected a sequence of ints, got {type(value).__name__}"
-        return None if all(_is_int(v) for v in value) else "expected only ints"
+        if not all(_is_int(v) for v in value):
+            return "expected only ints"
+        return None if all(INT64_MIN <= v <= INT64_MAX for v in value) else "expected only int64 values"
     if origin is dict:
         key_t, value_t = typing.get_args(hint)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             return f"expected an object with string keys, got {type(value).__name__}"
         if value_t is float:
-            bad = [k for k, v in value.items() if _scalar_problem(v, float, False) is not None]
+            bad = [k for k, v in value.items() if _type_problem(v, float, False) is not None]
             return f"non-numeric values for {bad[:5]}" if bad else None
         return None  # dict[str, Any]: JSON-able by construction on receive; json.dumps checks on send
     raise AssertionError(f"unsupported scalar type hint {hint!r}")

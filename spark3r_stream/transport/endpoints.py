@@ -87,6 +87,9 @@ class Endpoint:
     hwm: int
     bind: bool
     upstreams: int = 1  # "in" only: end-of-stream messages to wait for (one per producer)
+    # "in" only: the node names allowed to end this input and keep its sequence accounting (a launch file fills
+    # in its producers); None accepts any name (library use). Data from other names is still served.
+    upstream_nodes: tuple[str, ...] | None = None
     allow_remote_bind: bool = False
     curve: CurveConfig | None = None
 
@@ -185,6 +188,8 @@ def make_endpoint(edge: str, direction: Direction, **overrides: Any) -> Endpoint
     if "address" not in fields:
         fields["address"] = default_address(edge, transport=transport, run_dir=run_dir)
     fields["topics"] = tuple(fields["topics"])
+    if fields.get("upstream_nodes") is not None:
+        fields["upstream_nodes"] = tuple(str(name) for name in fields["upstream_nodes"])
     return _from_mapping(Endpoint, fields, f"endpoint {edge!r}")
 
 

@@ -19,6 +19,8 @@ import numpy as np
 
 #: dtypes that may ever travel; an ArraySpec narrows this per field.
 DTYPE_WHITELIST = frozenset({"uint8", "uint16", "int32", "int64", "float16", "float32", "float64", "bool"})
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # every int on the wire fits an int64 (counters, numpy ids)
+MAX_NAME_LEN = 128  # node names: they become dict keys and log text on the receiver
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class ArraySpec:
     dtype: str | tuple[str, ...]
     shape: tuple[int | None, ...]
     max_bytes: int = 64 << 20
+    is_finite: bool = False  # every value must be finite (poses, intrinsics, pixels: NaN/inf there is never data)
 
     @property
     def dtypes(self) -> tuple[str, ...]:
@@ -54,10 +57,48 @@ class ArraySpec:
         return None
 
 
-# Shared array annotations (shape letters: K keyframes, H x W image, N points).
+@dataclass(frozen=True)
+class ScalarSpec:
+    """Range of a scalar field beyond its type (`Annotated[int, ScalarSpec(min=0)]`): `min`/`max` bound an int or
+    float, or each item of a tuple of ints; `length` fixes a tuple's length; `max_len` bounds a str or tuple.
+    Every int is also bounded to int64 (INT64_MIN..INT64_MAX) whether or not a spec says more."""
+
+    min: float | None = None
+    max: float | None = None
+    length: int | None = None
+    max_len: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why a value that already has the right type is out of range (None if it is in range)."""
+        if isinstance(value, (str, tuple, list)):
+            if self.max_len is not None and len(value) > self.max_len:
+                return f"has {len(value)} items/characters > {self.max_len}"
+            if self.length is not None and len(value) != self.length:
+                return f"has {len(value)} items, expected {self.length}"
+            items = value if isinstance(value, (tuple, list)) else ()
+        else:
+            items = (value,)
+        for item in items:
+            if self.min is not None and item < self.min:
+                return f"expected >= {self.min:g}, got {item}"
+            if self.max is not None and item > self.max:
+                return f"expected <= {self.max:g}, got {item}"
+        return None
+
+
+# Shared scalar annotations: ids and counts are never negative; node names are short.
+ID = Annotated[int, ScalarSpec(min=0)]
+IDS_T = Annotated[tuple[int, ...], ScalarSpec(min=0)]
+COUNT = Annotated[int, ScalarSpec(min=0)]
+NODE_NAME = Annotated[str, ScalarSpec(max_len=MAX_NAME_LEN)]
+IMAGE_HW = Annotated[tuple[int, ...], ScalarSpec(min=1, max=1 << 20, length=2)]
+
+# Shared array annotations (shape letters: K keyframes, H x W image, N points). A source's poses and
+# intrinsics must be finite; a model's outputs (POSES, INTRINSICS_K) are not checked: vggt-tiny has produced
+# non-finite intrinsics for a demo window, and dropping the window would lose its poses too.
 RGB8 = Annotated[np.ndarray, ArraySpec(dtype="uint8", shape=(None, None, 3), max_bytes=32 << 20)]
-POSE = Annotated[np.ndarray, ArraySpec(dtype="float64", shape=(4, 4), max_bytes=128)]
-INTRINSICS = Annotated[np.ndarray, ArraySpec(dtype=("float32", "float64"), shape=(3, 3), max_bytes=72)]
+POSE = Annotated[np.ndarray, ArraySpec(dtype="float64", shape=(4, 4), max_bytes=128, is_finite=True)]
+INTRINSICS = Annotated[np.ndarray, ArraySpec(dtype=("float32", "float64"), shape=(3, 3), max_bytes=72, is_finite=True)]
 POSES = Annotated[np.ndarray, ArraySpec(dtype="float64", shape=(None, 4, 4), max_bytes=16 << 20)]
 INTRINSICS_K = Annotated[np.ndarray, ArraySpec(dtype=("float32", "float64"), shape=(None, 3, 3), max_bytes=8 << 20)]
 DEPTHS = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, None, None), max_bytes=512 << 20)]
@@ -80,6 +121,7 @@ class MessageType:
     scalars: dict[str, Any]  # field name -> type hint (int, float, str, bool, tuple[int, ...], dict[...], | None)
     arrays: dict[str, ArraySpec]
     optional: frozenset[str]  # fields that may be None / absent (they have a default)
+    limits: dict[str, ScalarSpec] = dataclasses.field(default_factory=dict)  # scalar ranges (ScalarSpec)
 
     @property
     def topic_bytes(self) -> bytes:
@@ -99,6 +141,7 @@ def message(topic: str, *, version: int):
         hints = typing.get_type_hints(cls, include_extras=True)
         scalars: dict[str, Any] = {}
         arrays: dict[str, ArraySpec] = {}
+        limits: dict[str, ScalarSpec] = {}
         optional = set()
         for f in dataclasses.fields(cls):
             hint = hints[f.name]
@@ -108,9 +151,14 @@ def message(topic: str, *, version: int):
             spec = _array_spec(inner)
             if spec is not None:
                 arrays[f.name] = spec
+            elif typing.get_origin(inner) is Annotated:
+                scalars[f.name] = inner.__origin__
+                for meta in inner.__metadata__:
+                    if isinstance(meta, ScalarSpec):
+                        limits[f.name] = meta
             else:
                 scalars[f.name] = inner
-        MESSAGE_TYPES[topic] = MessageType(cls, topic, version, scalars, arrays, frozenset(optional))
+        MESSAGE_TYPES[topic] = MessageType(cls, topic, version, scalars, arrays, frozenset(optional), limits)
         cls.TOPIC = topic
         cls.VERSION = version
         return cls
@@ -158,7 +206,7 @@ def _check_len(name: str, arr: np.ndarray | None, n: int, what: str) -> None:
 class Frame:
     """One captured frame; ground-truth pose and intrinsics ride along when a dataset has them."""
 
-    frame_seq: int
+    frame_seq: ID
     t_capture: float
     image: RGB8
     source_id: str
@@ -173,9 +221,9 @@ class FrameRecord:
     ground truth. `keyframe_id` is None when the frame did not become a keyframe; `gt_world_from_cam` is the
     source's ground-truth camera-to-world pose, None when it has none."""
 
-    frame_seq: int
+    frame_seq: ID
     t_capture: float
-    keyframe_id: int | None = None
+    keyframe_id: ID | None = None
     gt_world_from_cam: POSE | None = None
 
 
@@ -187,13 +235,13 @@ class Keyframe:
     With it, the feature tracks it sees at the source's resolution (stream/tracks.py): `track_ids[i]` at pixel
     `track_uv[i]` (x, y) of the `source_hw` image, and the source's intrinsics in those pixels when it has them."""
 
-    keyframe_id: int
-    frame_seq: int
+    keyframe_id: ID
+    frame_seq: ID
     t_capture: float
     image: RGB8
     track_ids: IDS | None = None
     track_uv: PIXELS | None = None
-    source_hw: tuple[int, ...] | None = None
+    source_hw: IMAGE_HW | None = None
     source_intrinsics: INTRINSICS | None = None
 
 
@@ -202,8 +250,8 @@ class Keyframe:
 class WindowRequest:
     """Reconstruct these keyframes (already sent as Keyframe messages) as one window."""
 
-    window_id: int
-    keyframe_ids: tuple[int, ...]
+    window_id: ID
+    keyframe_ids: IDS_T
 
 
 @message("window_result", version=1)
@@ -215,11 +263,11 @@ class WindowResult:
     depth and depth_conf [K', H, W] with K' = len(dense_keyframe_ids), each a subset of keyframe_ids.
     """
 
-    window_id: int
-    keyframe_ids: tuple[int, ...]
+    window_id: ID
+    keyframe_ids: IDS_T
     world_from_cam: POSES
     intrinsics: INTRINSICS_K
-    dense_keyframe_ids: tuple[int, ...]
+    dense_keyframe_ids: IDS_T
     depth: DEPTHS
     depth_conf: DEPTHS
     timings: dict[str, float]
@@ -247,7 +295,7 @@ class MapUpdate:
     Shapes: world_from_cam [K, 4, 4]; points [N, 3] world frame, colors [N, 3], point_keyframe_ids [N].
     """
 
-    keyframe_ids: tuple[int, ...]
+    keyframe_ids: IDS_T
     world_from_cam: POSES
     is_snapshot: bool = False
     points: POINTS | None = None
@@ -268,7 +316,7 @@ class MapUpdate:
 class Heartbeat:
     """Liveness and progress of a node: its counters at the time of sending."""
 
-    node: str
+    node: NODE_NAME
     counters: dict[str, float]
 
 
@@ -277,8 +325,8 @@ class Heartbeat:
 class EndOfStream:
     """`node` has sent its last message on this edge; `num_sent` data messages went before it (the proof count)."""
 
-    node: str
-    num_sent: int
+    node: NODE_NAME
+    num_sent: COUNT
 
 
 #: Control messages: handled by NodeLoop itself, not counted as data, never dropped by latest-wins.

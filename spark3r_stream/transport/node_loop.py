@@ -40,6 +40,14 @@ waiting for the receiver (that message was encoded with the next seq), so a seq 
 real loss, and only then warned about.
 
 Zero-copy: arrays are sent with `copy=False`; never mutate an array after sending it (see codec.py).
+
+No message ends a node: decoding and handling run under one guard per message, so a DecodeError is counted as
+`dropped.<reason>`, a handler's Spark3RError as `dropped.handler_error`, and any other exception in decode or
+handling as `dropped.decode_failed` / `dropped.handler_failed` (logged with its traceback once). End-of-stream,
+heartbeats and sequence accounting count only from the input's `upstream_nodes` (the launch file's producers of
+that edge): anything else claiming to end an input is `dropped.unknown_sender`; data from another name is served
+but kept out of the accounting (`from_unknown.<edge>`). Without `upstream_nodes` at most MAX_UPSTREAMS names are
+tracked per input, so a sender inventing names cannot grow the node's memory.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ from spark3r_stream.transport.sockets import open_socket
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # messages taken from one socket per poll, so other sockets and signals are served too
+MAX_UPSTREAMS = 64  # sender names tracked per input when the endpoint does not list them (memory bound)
 WARN_SUMMARY_S = 10.0  # repeated drops: first one logged as a warning, then a summary at most this often
 
 
@@ -435,6 +444,8 @@ class NodeLoop:
                 batch.append(decode(frames))
             except DecodeError as exc:
                 self._drop(inp.endpoint.edge, exc.reason, exc.detail)
+            except Exception as exc:  # a codec bug must not end the node: count it, log it once with the trace
+                self._drop(inp.endpoint.edge, "decode_failed", f"{type(exc).__name__}: {exc}", exc_info=True)
         # Latest-wins: of the data messages queued now, only the newest is handled; control messages all are.
         newest = max((i for i, (msg, _) in enumerate(batch) if not isinstance(msg, CONTROL_TYPES)), default=-1)
         handled = 0
@@ -451,13 +462,42 @@ class NodeLoop:
         return handled
 
     def _dispatch(self, inp: _Input, msg: Any, header: dict[str, Any], *, stale: bool = False) -> None:
-        topic = header["type"]
-        src = header["node"]
+        """Account for and handle one decoded message; whatever it raises is a counted drop, never an exit."""
+        try:
+            self._dispatch_one(inp, msg, header, stale=stale)
+        except Spark3RError as exc:  # the handler rejected this input; the node keeps serving
+            self._drop(inp.endpoint.edge, "handler_error", f"{header['type']}: {exc}")
+        except Exception as exc:
+            detail = f"{header['type']}: {type(exc).__name__}: {exc}"
+            self._drop(inp.endpoint.edge, "handler_failed", detail, exc_info=True)
+        if inp.ended and all(i.ended for i in self._inputs.values()) and not self._finished:
+            self._finish()
+
+    def _upstream(self, inp: _Input, src: str) -> _Upstream | None:
+        """The accounting of sender `src` on this input; None if `src` is not one of its upstreams."""
+        allowed = inp.endpoint.upstream_nodes
         if src not in inp.upstreams:
+            if (src not in allowed) if allowed is not None else len(inp.upstreams) >= MAX_UPSTREAMS:
+                return None
             # Senders count seq from 0, so on point-to-point edges a first seq > 0 means earlier messages were
             # dropped (latest-wins) or lost; a fanout subscriber may join at any seq.
             inp.upstreams[src] = _Upstream(last_seq=None if inp.endpoint.kind == "fanout" else -1)
-        up = inp.upstreams[src]
+        return inp.upstreams[src]
+
+    def _dispatch_one(self, inp: _Input, msg: Any, header: dict[str, Any], *, stale: bool) -> None:
+        topic = header["type"]
+        src = header["node"]
+        for name in header.get("cleared", ()):  # an optional array that held NaN/inf, e.g. a ground-truth pose
+            self.counters[f"cleared.{topic}.{name}"] += 1
+            self._warn(f"cleared.{topic}.{name}", f"{topic}.{name} from {src[:40]!r} held NaN/inf; cleared to None")
+        up = self._upstream(inp, src)
+        if up is None:
+            if isinstance(msg, CONTROL_TYPES):  # only a configured upstream may end an input or report as a peer
+                self._drop(inp.endpoint.edge, "unknown_sender", f"{topic} from {src[:40]!r}, not an upstream")
+                return
+            self.counters[f"from_unknown.{inp.endpoint.edge}"] += 1
+            self._warn(f"from_unknown.{inp.endpoint.edge}", f"{topic} from {src[:40]!r}, not an upstream; served")
+            up = _Upstream()  # served, but kept out of the sequence accounting
         if up.last_seq is not None and header["seq"] > up.last_seq + 1:
             missing = header["seq"] - up.last_seq - 1
             up.gaps += missing
@@ -473,7 +513,8 @@ class NodeLoop:
             return
         self.counters[f"recv.{topic}"] += 1
         if isinstance(msg, Heartbeat):
-            self.peers[msg.node] = {"t_received": time.time(), "counters": dict(msg.counters)}
+            if msg.node in self.peers or len(self.peers) < MAX_UPSTREAMS:
+                self.peers[msg.node] = {"t_received": time.time(), "counters": dict(msg.counters)}
         elif isinstance(msg, EndOfStream):
             self._upstream_ended(inp, src, up, msg)
             if inp.ended:
@@ -485,14 +526,7 @@ class NodeLoop:
             if not isinstance(msg, (Heartbeat, EndOfStream)):
                 self.counters[f"ignored.{topic}"] += 1
         else:
-            try:
-                result = handler(msg)
-            except Spark3RError as exc:  # the handler rejected this input; the node keeps serving
-                self._drop(inp.endpoint.edge, "handler_error", f"{topic}: {exc}")
-                result = None
-            self._send_result(result)
-        if inp.ended and all(i.ended for i in self._inputs.values()) and not self._finished:
-            self._finish()
+            self._send_result(handler(msg))
 
     def _send_result(self, result: Any) -> None:
         if result is None or isinstance(result, bool) or type(result).__name__ == "MessageTracker":
@@ -617,16 +651,16 @@ class NodeLoop:
         self._last_log_t = now
         self._next_log = now + self.log_every_s
 
-    def _drop(self, edge: str, reason: str, detail: str) -> None:
+    def _drop(self, edge: str, reason: str, detail: str, *, exc_info: bool = False) -> None:
         self.counters[f"dropped.{reason}"] += 1
-        self._warn(reason, f"dropped a message on {edge!r}: {reason}: {detail}")
+        self._warn(reason, f"dropped a message on {edge!r}: {reason}: {detail[:300]}", exc_info=exc_info)
 
-    def _warn(self, key: str, text: str) -> None:
+    def _warn(self, key: str, text: str, *, exc_info: bool = False) -> None:
         if key in self._warned:
             self._suppressed[key] += 1
             return
         self._warned.add(key)
-        log.warning("%s: %s", self.name, text)
+        log.warning("%s: %s", self.name, text, exc_info=exc_info)
 
     def _output(self, edge: str) -> _Output:
         if edge not in self._outputs:

@@ -26,7 +26,7 @@ DEADLINE_S = 120  # node start-up (imports) plus a few messages on 2 shared core
 
 
 def wire(msg, seq: int) -> list[bytes]:
-    return [bytes(memoryview(f).cast("B")) if not isinstance(f, bytes) else f for f in encode(msg, seq, node="src")]
+    return [bytes(memoryview(f).cast("B")) if not isinstance(f, bytes) else f for f in encode(msg, seq, node="capture")]
 
 
 def receive_until(sockets: list[zmq.Socket], done, deadline: float) -> list:
@@ -84,7 +84,7 @@ def test_keyframes_node_drops_counts_and_serves_on(tmp_path):
         records = [m for m in got if isinstance(m, FrameRecord)]
         assert [(r.frame_seq, r.t_capture, r.keyframe_id) for r in records] == [(0, 0.5, 0)]  # the valid frame
 
-        push.send_multipart(wire(EndOfStream(node="src", num_sent=3), 3))  # the three valid messages
+        push.send_multipart(wire(EndOfStream(node="capture", num_sent=3), 3))  # the three valid messages
         rest = receive_until(downstream, lambda ms: sum(isinstance(m, EndOfStream) for m in ms) == 2, deadline)
         assert not [m for m in rest if isinstance(m, FrameRecord)]
         for sock in (*downstream, push):
@@ -102,7 +102,7 @@ def test_keyframes_node_drops_counts_and_serves_on(tmp_path):
     assert {k: v for k, v in counters.items() if k.startswith("dropped.")} == expected
     assert counters["recv.frame"] == 2 and counters["ignored.map_update"] == 1
     assert counters["sent.frame_record"] == 1 and counters["lost.frames"] == 0
-    assert report["transport"]["inputs"]["frames"]["upstreams"]["src"]["missing"] == 0
+    assert report["transport"]["inputs"]["frames"]["upstreams"]["capture"]["missing"] == 0
     assert report["status"] == "ok"
     for reason in {r for _, r, _ in CASES.values()}:
         assert f"dropped a message on 'frames': {reason}" in output
