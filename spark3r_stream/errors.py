@@ -18,7 +18,13 @@ class SourceError(Spark3RError):
 
 
 class InputError(Spark3RError):
-    """Images or other inputs given to a command are unusable (empty folder, unreadable or mixed-size images)."""
+    """Images or other inputs given to a command are unusable (empty folder, unreadable or mixed-size images).
+
+    `reason`, when given, tags the drop counter of a node that rejects a message with it (`dropped.<reason>`)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 class DecodeError(Spark3RError):

@@ -45,6 +45,10 @@ class KeyframeSelectorConfig:
     model_hw: tuple[int, int] | None = None  # when set, keyframe images are resized to the model input (H, W)
     # else, when set, to this preset's input for the source's frame size (the launcher sets it from reconstruction)
     model: str | None = None
+    # Frames outside these limits are rejected before anything is computed or resized on them: a schema-valid
+    # 1,000,000 x 8 image upscaled to the model size took the keyframes node to 4.7 GB (issue 15).
+    max_pixels: int = 12_000_000  # H * W; 4000 x 3000 still passes
+    max_aspect_ratio: float = 4.0  # long side / short side; 32:9 ultra-wide (3.6) still passes
 
     def __post_init__(self):
         check_field(self, "parallax_threshold", self.parallax_threshold > 0, "float > 0")
@@ -66,6 +70,8 @@ class KeyframeSelectorConfig:
         check_field(
             self, "model", self.model is None or self.model in PRESET_INPUTS, f"null or one of {sorted(PRESET_INPUTS)}"
         )
+        check_field(self, "max_pixels", self.max_pixels >= 64, "int >= 64")
+        check_field(self, "max_aspect_ratio", self.max_aspect_ratio >= 1, "float >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +108,7 @@ class KeyframeSelector:
 
     def offer(self, frame_seq: int, t_capture: float, image: np.ndarray) -> Keyframe | None:
         """Decide on one frame (`image` uint8 [H, W, 3] RGB); frames must come in increasing `frame_seq`."""
-        _check_image(image, frame_seq)
+        _check_image(image, frame_seq, self.config)
         if self._last_frame_seq is not None and frame_seq <= self._last_frame_seq:
             raise InputError(
                 f"keyframe selector frame {frame_seq}: frame_seq must increase (previous {self._last_frame_seq})"
@@ -193,13 +199,24 @@ class KeyframeSelector:
         )
 
 
-def _check_image(image: np.ndarray, frame_seq: int) -> None:
+def _check_image(image: np.ndarray, frame_seq: int, cfg: KeyframeSelectorConfig) -> None:
+    """InputError (reason `bad_image`) for anything but a uint8 [H, W, 3] image within the size limits."""
+    where = f"keyframe selector frame {frame_seq}"
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
-        raise InputError(f"keyframe selector frame {frame_seq}: expected a uint8 [H, W, 3] image, got {dtype} {shape}")
-    if min(image.shape[:2]) < 8:
-        raise InputError(f"keyframe selector frame {frame_seq}: image {image.shape[:2]} is too small (< 8 px)")
+        raise InputError(f"{where}: expected a uint8 [H, W, 3] image, got {dtype} {shape}", "bad_image")
+    height, width = image.shape[:2]
+    if min(height, width) < 8:
+        raise InputError(f"{where}: image {height}x{width} is too small (< 8 px)", "bad_image")
+    if height * width > cfg.max_pixels:
+        raise InputError(f"{where}: image {height}x{width} has {height * width} pixels > max_pixels", "bad_image")
+    if max(height, width) > cfg.max_aspect_ratio * min(height, width):
+        raise InputError(
+            f"{where}: image {height}x{width} has aspect ratio {max(height, width) / min(height, width):.1f} > "
+            f"max_aspect_ratio {cfg.max_aspect_ratio:g}",
+            "bad_image",
+        )
 
 
 def _small_gray(image: np.ndarray, width: int) -> np.ndarray:

@@ -42,12 +42,12 @@ real loss, and only then warned about.
 Zero-copy: arrays are sent with `copy=False`; never mutate an array after sending it (see codec.py).
 
 No message ends a node: decoding and handling run under one guard per message, so a DecodeError is counted as
-`dropped.<reason>`, a handler's Spark3RError as `dropped.handler_error`, and any other exception in decode or
-handling as `dropped.decode_failed` / `dropped.handler_failed` (logged with its traceback once). End-of-stream,
-heartbeats and sequence accounting count only from the input's `upstream_nodes` (the launch file's producers of
-that edge): anything else claiming to end an input is `dropped.unknown_sender`; data from another name is served
-but kept out of the accounting (`from_unknown.<edge>`). Without `upstream_nodes` at most MAX_UPSTREAMS names are
-tracked per input, so a sender inventing names cannot grow the node's memory.
+`dropped.<reason>`, a handler's Spark3RError as `dropped.handler_error` (or `dropped.<its reason>`), any other
+exception in decode or handling as `dropped.decode_failed` / `dropped.handler_failed` (traceback logged once).
+End-of-stream, heartbeats and sequence accounting count only from the input's `upstream_nodes` (the launch file's
+producers of that edge): anything else claiming to end an input is `dropped.unknown_sender`; data from another
+name is served but kept out of the accounting (`from_unknown.<edge>`). Without `upstream_nodes` at most
+MAX_UPSTREAMS names are tracked per input, so a sender inventing names cannot grow the node's memory.
 """
 
 from __future__ import annotations
@@ -466,7 +466,8 @@ class NodeLoop:
         try:
             self._dispatch_one(inp, msg, header, stale=stale)
         except Spark3RError as exc:  # the handler rejected this input; the node keeps serving
-            self._drop(inp.endpoint.edge, "handler_error", f"{header['type']}: {exc}")
+            reason = getattr(exc, "reason", None) or "handler_error"  # e.g. InputError(..., "bad_image")
+            self._drop(inp.endpoint.edge, reason, f"{header['type']}: {exc}")
         except Exception as exc:
             detail = f"{header['type']}: {type(exc).__name__}: {exc}"
             self._drop(inp.endpoint.edge, "handler_failed", detail, exc_info=True)
