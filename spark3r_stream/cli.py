@@ -21,6 +21,7 @@ BENCHMARKS = (
     "quality",
     "encoder_cache",
     "backend",
+    "faults",
 )
 
 
@@ -73,9 +74,19 @@ def viewer_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def out_dir(path: str | Path | None) -> Path | None:
+    """`--out PATH` as a folder (created later); Spark3RError when PATH names something that is not a folder."""
+    if path is None:
+        return None
+    if Path(path).exists() and not Path(path).is_dir():
+        raise Spark3RError(f"--out {path}: is a file, not a folder; give a folder (it is created if missing)")
+    return Path(path)
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from spark3r_stream.offline import run_inference
 
+    out_dir(args.out)
     options = model_options(args, spark3r_config=args.spark3r_config, mode=args.mode)
     report = run_inference(args.inputs, Path(args.out), options, viewer_config(args, Path(args.out)))
     print(f"wrote {args.out} ({report['counters']['frames']} frames, forward {report['timings_ms']['forward']:.0f} ms)")
@@ -130,6 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.sequences and not args.pairs:
         raise Spark3RError("eval: give sequences to score, --pairs N, or both")
+    out_dir(args.out)
     options = model_options(args)
     model = load_model(options, resolve_device(args.device))
     rows = []
@@ -168,6 +180,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _run_launch_file(file: str, out: str, overrides: list[str], single_process: bool) -> int:
     from spark3r_stream.launcher import launch, run_single_process, summarize_run
 
+    out_dir(out)
     code = run_single_process(file, out, overrides) if single_process else launch(file, out, overrides)
     print(summarize_run(out))
     return code
@@ -178,6 +191,7 @@ def cmd_run_node(args: argparse.Namespace) -> int:
 
     import yaml
 
+    out_dir(args.out)
     from spark3r_stream.launch_files import node_config_from
 
     config = node_config_from(args.config, args.name, [f"{args.name}.{s}" for s in args.set], out=args.out)

@@ -33,10 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from spark3r_stream.config import apply_overrides, load_config, load_yaml, package_dir, to_dict
-from spark3r_stream.errors import ConfigError
+from spark3r_stream.errors import ConfigError, SourceError
 from spark3r_stream.input_size import DEFAULT_MODEL
 from spark3r_stream.transport.endpoints import NODE_EDGES, default_run_dir, make_endpoint
 
@@ -164,6 +162,7 @@ def _substitute(value: Any, variables: Mapping[str, str], where: str) -> Any:
 
 def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[ResolvedNode]:
     """Every node's config: params, endpoints (edge defaults <- launch `edges` <- node `endpoints`), out, run id."""
+    _check_capture_params(spec, source)  # before the run directory exists: a bad param leaves nothing behind
     run_dir = default_run_dir(run_id) if spec.transport == "ipc" else None
     producers = {  # edge -> the launch file's nodes that send on it: the only names that may end it downstream
         edge: [n for n, e in spec.nodes.items() if edge in NODE_EDGES[e.node or n]["out"]]
@@ -203,6 +202,22 @@ def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[Reso
     return resolved
 
 
+def _check_capture_params(spec: LaunchFile, source: Path) -> None:
+    """A capture node's params name a source kind and its options: check them here, so that `--set capture.bogus=1`
+    or `capture.frames=abc` stops the run with one line before any process starts."""
+    from spark3r_stream.sources.factory import check_source
+
+    for name, entry in spec.nodes.items():
+        if (entry.node or name) != "capture" or entry.remote:
+            continue
+        try:
+            check_source(_substitute(entry.params, spec.vars, f"{source}: nodes.{name}.params"))
+        except SourceError:
+            continue  # a missing or unreadable input is the capture node's to report (other nodes then end cleanly)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: nodes.{name}.params: {exc}") from None
+
+
 def _size_keyframes_for_the_model(nodes: list[ResolvedNode]) -> None:
     """Keyframes are sized for the reconstruction node's model (its preset knows the input size) unless the launch
     file gives `selector.model_hw` or `selector.model` itself."""
@@ -222,7 +237,7 @@ def node_config_from(
     """One node's config for `spark3r run-node NAME --config FILE`: FILE is a launch file (the node is picked and
     resolved exactly as the launcher would) or a node config the launcher wrote (`<out>/launch/<name>.yaml`)."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    data = load_yaml(path) if path.is_file() else None  # one-line ConfigError for invalid YAML or a Python tag
     if isinstance(data, dict) and "nodes" not in data and "endpoints" in data:
         node_overrides = [o.split(".", 1)[1] if o.startswith(f"{name}.") else o for o in overrides]
         config = apply_overrides({"params": data.get("params", {})}, [f"params.{o}" for o in node_overrides])

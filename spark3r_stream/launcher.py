@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,7 +241,21 @@ class Launcher:
         if status == 0 and self.stop_reason in ("SIGINT", "SIGTERM"):
             status = 130 if self.stop_reason == "SIGINT" else 143
         self.write_report(status)
+        self._remove_run_dirs()
         return status
+
+    def _remove_run_dirs(self) -> None:
+        """The ipc socket directories of this run (/tmp/s3r-<run id>): every node here has ended, so nothing in them
+        is in use; a run, failed or not, leaves none behind."""
+        dirs = {
+            Path(ep["address"][len("ipc://") :]).parent
+            for node in self.nodes
+            for ep in node.config["endpoints"]
+            if ep["address"].startswith("ipc://")
+        }
+        for path in dirs:
+            if path.name.startswith("s3r-"):
+                shutil.rmtree(path, ignore_errors=True)
 
     _pending_signal: str | None = None
     _shut_down = False
@@ -296,6 +311,12 @@ class Launcher:
             report["status"] = "interrupted"
         else:
             report.setdefault("status", "ok")
+        recording = (report.get("outputs") or {}).get("recording")
+        if status in (1, EXIT_CONFIG) and not (report.get("windows") or {}).get("count") and recording:
+            # a failed run that reconstructed nothing: its recording holds only the config, not worth a file
+            Path(recording).unlink(missing_ok=True)
+            report["outputs"].pop("recording")
+            report["pipeline"]["removed"] = [f"{recording} (failed run, no window reconstructed)"]
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=2, default=str))
         tmp.replace(path)

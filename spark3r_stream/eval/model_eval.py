@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,6 +184,34 @@ def summarize(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
     return summary
 
 
+SYNTH_EVAL_KEYS: dict[str, type] = {"seed": int, "frames": int, "path": str}  # of `synth:key=value,...`
+
+
+def synth_eval_args(spec: str) -> dict[str, Any]:
+    """`synth:seed=N,frames=S,path=P` -> {seed, frames, path}; ConfigError for an unknown key or a non-integer."""
+    import difflib
+
+    from spark3r_stream.errors import ConfigError
+
+    args: dict[str, Any] = {}
+    for item in filter(None, spec[len("synth:") :].split(",")):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise ConfigError(f"eval sequence {spec!r}: expected key=value items, got {item!r}")
+        if key not in SYNTH_EVAL_KEYS:
+            near = difflib.get_close_matches(key, SYNTH_EVAL_KEYS, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"expected {', '.join(SYNTH_EVAL_KEYS)}"
+            raise ConfigError(f"eval sequence {spec!r}: unknown key {key!r}; {hint}")
+        if SYNTH_EVAL_KEYS[key] is int:
+            try:
+                args[key] = int(value)
+            except ValueError:
+                raise ConfigError(f"eval sequence {spec!r}: {key} must be an integer, got {value!r}") from None
+        else:
+            args[key] = value
+    return args
+
+
 def load_sequence(spec: str, input_size: int, max_frames: int | None = None) -> GroundTruthSequence:
     """A sequence to evaluate: `synth:seed=N,frames=S[,path=P]` (rendered with depth) or any source spec/folder
     with ground-truth poses (TUM RGB-D, EuRoC, 7-Scenes); a TUM-style folder with depth.txt adds its depth maps."""
@@ -194,8 +223,8 @@ def load_sequence(spec: str, input_size: int, max_frames: int | None = None) -> 
     if spec.startswith("synth:"):
         from spark3r_stream.synth import render_sequence
 
-        args = dict(item.split("=", 1) for item in spec[len("synth:") :].split(",") if item)
-        seed, frames = int(args.get("seed", HELD_OUT_SEED_START)), int(args.get("frames", 16))
+        args = synth_eval_args(spec)
+        seed, frames = args.get("seed", HELD_OUT_SEED_START), args.get("frames", 16)
         path = args.get("path", "handheld")
         seq = render_sequence(seed, frames, height=input_size, width=input_size, path=path)
         return GroundTruthSequence(

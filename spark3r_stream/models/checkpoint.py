@@ -6,6 +6,8 @@ A mismatch raises CheckpointError naming the missing, unexpected and mis-shaped 
 from __future__ import annotations
 
 import logging
+import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -40,17 +42,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        with warnings.catch_warnings():  # its note on pickle protocols is noise next to the one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, Exception) as exc:  # noqa: BLE001
         # torch.load raises many unrelated types for truncated / foreign files; all mean "not a checkpoint"
         raise CheckpointError(
-            f"checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+            f"checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {_torch_load_reason(exc)})"
         ) from exc
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # training-code checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """torch.load's error as one line, without its advice to retry with weights_only=False (never do that for a
+    file that needs it: it can run code) and its pointer to the docs."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [
+        line
+        for line in lines
+        if line and "weights_only" not in line and "Check the documentation" not in line and "Re-running" not in line
+    ]
+    reason = " ".join(kept) or "it holds objects other than tensors"
+    if isinstance(exc, pickle.UnpicklingError):
+        reason += "; refused without running anything in it (only tensors are loaded)"
+    return reason[:400]
 
 
 def strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,10 +78,23 @@ def parse_spec(spec: str) -> tuple[str, Any, dict[str, Any]]:
 def open_source(spec: str | Mapping[str, Any], **options: Any) -> FrameSource:
     """Open a frame source. `options`: SourceOptions fields (start, stop, stride, rate, source_id) and the kind's
     own keywords (fps, intrinsics, gt, undistort, seed, frames, height, width, ...)."""
+    kind, target, source_options, kwargs = check_source(spec, **options)
+    factory = SOURCES[kind]
+    if kind == "synth":
+        return factory(source_options, **kwargs)
+    return factory(target, source_options, **kwargs)
+
+
+def check_source(spec: str | Mapping[str, Any], **options: Any) -> tuple[str, Any, SourceOptions, dict[str, Any]]:
+    """Validate a source spec without opening anything (the launcher checks capture params before any process
+    starts): ConfigError for an unknown kind, an unknown option (nearest name) or an option of the wrong type.
+    Returns (kind, target, SourceOptions, the kind's keywords)."""
     if isinstance(spec, Mapping):
         data = dict(spec)
         kind = data.pop("type", data.pop("kind", None))
-        target = data.pop("path", data.pop("device", None))
+        # a synthetic source has no file: its `path` is the camera path kind (handheld, orbit, forward, loop)
+        is_synth = ALIASES.get(kind, kind) == "synth"
+        target = None if is_synth else data.pop("path", data.pop("device", None))
         if kind is None:
             if target is None:
                 raise ConfigError(f"source {dict(spec)}: needs 'type' or 'path'")
@@ -93,14 +108,14 @@ def open_source(spec: str | Mapping[str, Any], **options: Any) -> FrameSource:
     if kind not in SOURCES:
         raise ConfigError(f"source type {kind!r}: unknown; expected one of {', '.join(SOURCES)}")
     opt_names = SourceOptions.field_names()
-    source_options = SourceOptions(**{k: kwargs.pop(k) for k in list(kwargs) if k in opt_names})
+    options_given = {k: kwargs.pop(k) for k in list(kwargs) if k in opt_names}
+    _check_types(SourceOptions, options_given, "source")
+    source_options = SourceOptions(**options_given)
     _check_kwargs(kind, kwargs)
-    factory = SOURCES[kind]
-    if kind == "synth":
-        return factory(source_options, **kwargs)
-    if target is None or target == "":
+    _check_types(SOURCES[kind], kwargs, f"source {kind!r}")
+    if kind != "synth" and (target is None or target == ""):
         raise ConfigError(f"source type {kind!r}: needs a path or device")
-    return factory(target, source_options, **kwargs)
+    return kind, target, source_options, kwargs
 
 
 def _check_kwargs(kind: str, kwargs: dict[str, Any]) -> None:
@@ -113,6 +128,38 @@ def _check_kwargs(kind: str, kwargs: dict[str, Any]) -> None:
             near = difflib.get_close_matches(key, allowed, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; expected one of {', '.join(sorted(allowed))}"
             raise ConfigError(f"source {kind!r}: unknown option {key!r}{hint}")
+
+
+def _check_types(target: Any, kwargs: Mapping[str, Any], where: str) -> None:
+    """ConfigError naming the option when a value does not fit the plain type (int, float, str, bool, or one of
+    them | None) annotated on `target`'s keyword; other annotations are left to `target` itself."""
+    func = target.__init__ if isinstance(target, type) else target
+    try:
+        hints = typing.get_type_hints(func)
+    except (NameError, TypeError):  # an annotation this module cannot resolve: the constructor checks its values
+        return
+    for key, value in kwargs.items():
+        allowed = _plain_types(hints.get(key))
+        if allowed is None or (value is None and type(None) in allowed):
+            continue
+        is_ok = any(
+            isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
+            for t in allowed
+            if t is not type(None)
+        ) or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not is_ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"{where} option {key!r}: expected {names}, got {value!r}")
+
+
+def _plain_types(hint: Any) -> tuple[type, ...] | None:
+    if hint in (int, float, str, bool):
+        return (hint,)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if all(a in (int, float, str, bool, type(None)) for a in args):
+            return args
+    return None
 
 
 def _parse_kv(text: str, spec: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 from spark3r_stream.sources.base import Pacer, SourceOptions
 from spark3r_stream.transport.messages import Frame
@@ -24,14 +23,29 @@ class SyntheticSource:
         height: int = 112,
         width: int = 112,
         path: str = "handheld",
-        **render_kwargs: Any,
+        step_m: float | None = None,
+        turn_deg: float | None = None,
+        fov_deg: float | None = None,
+        num_objects: int | None = None,
+        fps: float = 30.0,
     ) -> None:
         from spark3r_stream.synth import render_sequence  # lazy: rendering pulls in scipy and the scene code
 
         self.options = options or SourceOptions()
         self.source_id = self.options.source_id or f"synth:seed={seed},frames={frames},path={path}"
         self.counters: Counter[str] = Counter()
-        self.sequence = render_sequence(seed, frames, height=height, width=width, path=path, **render_kwargs)
+        self.sequence = render_sequence(
+            seed,
+            frames,
+            height=height,
+            width=width,
+            path=path,  # type: ignore[arg-type]  # render_sequence checks the path kind
+            step_m=step_m,
+            turn_deg=turn_deg,
+            fov_deg=fov_deg,
+            num_objects=num_objects,
+            fps=fps,
+        )
         self._indices = [i for i in range(self.sequence.num_frames) if self.options.selects(i)]
         self.info = {
             "kind": self.kind,

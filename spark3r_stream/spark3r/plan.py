@@ -55,6 +55,11 @@ class Spark3RConfig:
         check_field(self, "r_kv_overrides", ok, "a mapping of global-layer index >= 0 to int >= 1")
         object.__setattr__(self, "r_kv_overrides", overrides)
 
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> Spark3RConfig:
+        """A `configs/spark3r/*.yaml` preset plus `--set` overrides (the same as load_config_file)."""
+        return load_config_file(path, overrides)
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
