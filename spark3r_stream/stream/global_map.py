@@ -65,6 +65,9 @@ class _KeyframeRecord:
     colors: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.uint8))
     confidence: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     pixel_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # row * W + col in depth
+    # a pose graph's Sim(3) correction scales the points instead of rewriting them: map point =
+    # world_from_cam @ (points_scale * points_cam); new points from a window reset it to 1
+    points_scale: float = 1.0
     pose_revision: int = 0  # bumped on every pose change: the viewer re-logs only changed transforms
     points_revision: int = 0  # bumped when the points are replaced
 
@@ -155,7 +158,7 @@ class GlobalMap:
             if k in dense and len(record.pixel_index) and depth.shape[1:] == record.image_hw:
                 window_cam = window_cam_points[k].reshape(-1, 3)[record.pixel_index]
                 new_confidence = confidence[dense[k]].reshape(-1)[record.pixel_index]
-                map_points[k] = apply_transform(record.world_from_cam, record.points_cam)
+                map_points[k] = apply_transform(record.world_from_cam, record.points_scale * record.points_cam)
                 window_points[k] = apply_transform(window_poses[k], window_cam)
                 point_weights[k] = np.sqrt(np.clip(record.confidence, 0, None) * np.clip(new_confidence, 0, None))
         alignment = align_window(
@@ -246,6 +249,7 @@ class GlobalMap:
             rng = np.random.default_rng(record.keyframe_id)  # deterministic per keyframe
             index = np.sort(rng.choice(index, cfg.max_points_per_keyframe, replace=False))
         record.points_cam = (flat_points[index] * scale).astype(np.float32)
+        record.points_scale = 1.0
         record.confidence = flat_confidence[index].astype(np.float32)
         record.pixel_index = index.astype(np.int32)
         record.image_hw = (height, width)
@@ -275,12 +279,16 @@ class GlobalMap:
                 record.points_revision += 1
         log.info("map over %d points: every keyframe thinned to at most %d", self.config.max_total_points, share)
 
-    def set_poses(self, poses: dict[int, np.ndarray]) -> None:
-        """Replace keyframe poses (a back end's refinement); their points move with them (kept in camera frames)."""
+    def set_poses(self, poses: dict[int, np.ndarray], points_scales: dict[int, float] | None = None) -> None:
+        """Replace keyframe poses (a back end's refinement or pose graph); their points move with them (kept in
+        camera frames), scaled by `points_scales` where given (a Sim(3) correction)."""
         for keyframe_id, world_from_cam in poses.items():
             record = self._record(keyframe_id)
             record.world_from_cam = np.asarray(world_from_cam, np.float64).copy()
+            if points_scales is not None and keyframe_id in points_scales:
+                record.points_scale = float(points_scales[keyframe_id])
             record.pose_revision += 1
+        self._fused = None
 
     # ---------------------------------------------------------------------------------------------------- queries
 
@@ -311,9 +319,23 @@ class GlobalMap:
         return self._records[keyframe_id].frame_seq if keyframe_id in self._records else None
 
     def keyframe_points(self, keyframe_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(points [N, 3] float32 in the keyframe's camera frame, map units; colours [N, 3] uint8)."""
+        """(points [N, 3] float32 in the keyframe's camera frame, to be scaled by `points_scale`; colours [N, 3])."""
         record = self._records[keyframe_id]
         return record.points_cam, record.colors
+
+    def points_scale(self, keyframe_id: int) -> float:
+        """The factor a pose graph's Sim(3) correction put on the keyframe's points (1 until one runs)."""
+        return self._records[keyframe_id].points_scale
+
+    def depth_samples(self, keyframe_id: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
+        """(points [N, 3] as `keyframe_points`, their pixel index row * W + col [N], the depth's (H, W))."""
+        record = self._records[keyframe_id]
+        return record.points_cam, record.pixel_index, record.image_hw
+
+    def ground_truth_pose(self, keyframe_id: int) -> np.ndarray | None:
+        """The keyframe's ground-truth world_from_cam [4, 4] when the source has one."""
+        frame_seq = self.frame_seq(keyframe_id)
+        return self._ground_truth.get(frame_seq) if frame_seq is not None else None
 
     def revisions(self, keyframe_id: int) -> tuple[int, int]:
         """(pose revision, points revision): they change exactly when the pose or the points change."""
@@ -330,7 +352,7 @@ class GlobalMap:
         for k in self.keyframe_ids:
             record = self._records[k]
             if len(record.points_cam):
-                points.append(apply_transform(record.world_from_cam, record.points_cam))
+                points.append(apply_transform(record.world_from_cam, record.points_scale * record.points_cam))
                 colors.append(record.colors)
         return np.concatenate(points), np.concatenate(colors)
 

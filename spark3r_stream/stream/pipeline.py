@@ -22,10 +22,10 @@ import numpy as np
 
 from spark3r_stream.eval.trajectory import trajectory_metrics_from_files, write_tum
 from spark3r_stream.report import RunReport, StageTimer
+from spark3r_stream.stream.backend import BackEnd, BackendConfig
 from spark3r_stream.stream.global_map import GlobalMap, GlobalMapConfig
-from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig, model_from_source
-from spark3r_stream.stream.refine import RefineConfig, refine_window
-from spark3r_stream.stream.tracks import KeyframeTracker, TrackerConfig, TrackObservations
+from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorConfig
+from spark3r_stream.stream.tracks import KeyframeTracker, TrackerConfig
 from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
 from spark3r_stream.transport.messages import Frame, FrameRecord, Keyframe, MapUpdate, WindowRequest, WindowResult
 from spark3r_stream.viz.config import RerunConfig
@@ -40,16 +40,6 @@ class KeyframesConfig:
     selector: KeyframeSelectorConfig = field(default_factory=KeyframeSelectorConfig)
     windows: WindowSchedulerConfig = field(default_factory=WindowSchedulerConfig)
     tracks: TrackerConfig = field(default_factory=TrackerConfig)
-
-
-@dataclass(frozen=True, kw_only=True)
-class BackendConfig:
-    """Fusion's back end: `refine` bundle-adjusts each window's keyframes against their feature tracks."""
-
-    # on: it lowers the ATE on every measured sequence (benchmarks/results/bench_backend.md; the demo at 30, 40, 80
-    # and 150 frames and both real RGB-D fragments were checked)
-    refine: bool = True
-    refinement: RefineConfig = field(default_factory=RefineConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,15 +58,6 @@ class FusionConfig:
         if self.save_rrd and rerun.rrd_path is None:
             rerun = dataclasses.replace(rerun, rrd_path=Path(out) / "recording.rrd")
         return dataclasses.replace(rerun, recording_id=rerun.recording_id or recording_id)
-
-
-@dataclass(frozen=True)
-class KeyframeTracks:
-    """What the back end keeps of a keyframe message: its tracks and the source frame they are measured in."""
-
-    observations: TrackObservations
-    source_hw: tuple[int, ...]
-    source_intrinsics: np.ndarray | None
 
 
 class KeyframeStep:
@@ -178,10 +159,7 @@ class FusionStep:
     def __init__(self, gmap: GlobalMap, viewer: Any = None, backend: BackendConfig | None = None) -> None:
         self.gmap = gmap
         self.viewer = viewer  # a viz.rerun_logger.MapLogger; None records nothing (benchmarks)
-        self.backend = backend or BackendConfig()
-        # keyframe_id -> its tracks, source size and intrinsics (not the image); forgotten once no window can hold it
-        self.tracks: dict[int, KeyframeTracks] = {}
-        self.refinements: list[dict[str, Any]] = []
+        self.backend = BackEnd(backend)
         self.newest = {"frame_seq": 0, "t": 0.0}
         self.num_frames = 0
         self.windows: list[dict[str, Any]] = []
@@ -194,69 +172,18 @@ class FusionStep:
     def on_keyframe(self, keyframe: Keyframe) -> None:
         self.gmap.add_keyframe(keyframe.keyframe_id, keyframe.frame_seq, keyframe.t_capture, keyframe.image)
         self.newest.update(frame_seq=keyframe.frame_seq, t=keyframe.t_capture)
-        if self.backend.refine and keyframe.track_ids is not None:
-            observations = TrackObservations(keyframe.track_ids, keyframe.track_uv)
-            self.tracks[keyframe.keyframe_id] = KeyframeTracks(
-                observations, keyframe.source_hw, keyframe.source_intrinsics
-            )
+        self.backend.on_keyframe(keyframe)
 
     def on_result(self, result: WindowResult) -> MapUpdate | None:
         fields = ("window_id", "keyframe_ids", "world_from_cam", "intrinsics", "dense_keyframe_ids", "depth")
         step = self.gmap.integrate_window(*(getattr(result, f) for f in fields), result.depth_conf)
-        if self.backend.refine:
-            self._refine(result, step.alignment.scale)
+        self.backend.on_window(self.gmap, result, step)
         if self.viewer is not None:
             self.viewer.sync(self.gmap, self.newest["frame_seq"], self.newest["t"])
         summary = {"num_dense": len(result.dense_keyframe_ids), "alignment": step.alignment.summary()}
         self.windows.append({"window_id": result.window_id, "timings": result.timings, **summary})
         self.plans[result.model] = result.plan
         return self.poses()
-
-    def _refine(self, result: WindowResult, map_scale: float) -> None:
-        """Bundle-adjust the window's keyframes (map frame) against their tracks; the map takes the refined poses."""
-        # windows never reach back before the current one's first keyframe (stream/windows.py): older tracks go
-        for old in [k for k in self.tracks if k < min(result.keyframe_ids)]:
-            del self.tracks[old]
-        posed = set(self.gmap.keyframe_ids)
-        ids = [k for k in result.keyframe_ids if k in self.tracks and k in posed]
-        if len(ids) < 2:
-            return
-        dense = {k: i for i, k in enumerate(result.dense_keyframe_ids)}
-        model_hw = result.depth.shape[1:]
-        intrinsics, depths = [], []
-        for k in ids:
-            keyframe = self.tracks[k]
-            scale, top, left = model_from_source(keyframe.source_hw, model_hw)
-            if keyframe.source_intrinsics is not None:
-                intrinsics.append(np.asarray(keyframe.source_intrinsics, np.float64))
-            else:  # the model's, moved to source pixels
-                model_k = np.asarray(result.intrinsics[result.keyframe_ids.index(k)], np.float64)
-                intrinsics.append(
-                    np.diag([1 / scale, 1 / scale, 1.0]) @ (model_k + [[0, 0, left], [0, 0, top], [0, 0, 0]])
-                )
-            uv = keyframe.observations.uv
-            depth = np.full(len(uv), np.nan)
-            if k in dense:  # the network's depth at each track, in map units
-                cols = np.round(uv[:, 0] * scale - left).astype(int)
-                rows = np.round(uv[:, 1] * scale - top).astype(int)
-                inside = (rows >= 0) & (rows < model_hw[0]) & (cols >= 0) & (cols < model_hw[1])
-                depth[inside] = result.depth[dense[k]][rows[inside], cols[inside]] * map_scale
-            depths.append(depth)
-        observations = [self.tracks[k].observations for k in ids]
-        poses = np.stack([self.gmap.world_from_cam(k) for k in ids])
-        refinement = refine_window(poses, np.stack(intrinsics), observations, depths, self.backend.refinement)
-        self.refinements.append(
-            {
-                "window_id": result.window_id,
-                "applied": refinement.applied,
-                "reason": refinement.reason,
-                "observations": refinement.num_observations,
-                "error_before_px": refinement.error_before_px,
-                "error_after_px": refinement.error_after_px,
-            }  # fmt: skip
-        )
-        if refinement.applied:
-            self.gmap.set_poses(dict(zip(ids, refinement.world_from_cam, strict=True)))
 
     def poses(self, snapshot: bool = False) -> MapUpdate | None:
         """Every keyframe's current pose (a snapshot for subscribers that join late)."""
@@ -272,9 +199,8 @@ class FusionStep:
         gmap = self.gmap
         report.set("windows", {"count": len(self.windows), "runs": self.windows})
         report.set("reduction_plans", self.plans)
-        if self.backend.refine:
-            applied = sum(r["applied"] for r in self.refinements)
-            report.set("backend", {"refinements": len(self.refinements), "applied": applied, "runs": self.refinements})
+        if self.backend.config.enabled:
+            report.set("backend", self.backend.summary())
         report.set("keyframes", {"posed": len(gmap.keyframe_ids), "points": gmap.num_points})
         outputs = gmap.export(out) if gmap.keyframe_ids else {}
         if self.viewer is not None:

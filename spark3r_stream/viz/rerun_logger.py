@@ -141,9 +141,10 @@ class MapLogger:
         pose_revision, points_revision = global_map.revisions(keyframe_id)
         if self._logged_pose.get(keyframe_id) != pose_revision:
             world_from_cam = global_map.world_from_cam(keyframe_id)
+            scale = global_map.points_scale(keyframe_id)  # a pose graph's Sim(3): the points are not re-logged
             self.recording.log(
                 EntityPaths.keyframe(keyframe_id),
-                rr.Transform3D(translation=world_from_cam[:3, 3], mat3x3=world_from_cam[:3, :3]),
+                rr.Transform3D(translation=world_from_cam[:3, 3], mat3x3=scale * world_from_cam[:3, :3]),
             )
             self._logged_pose[keyframe_id] = pose_revision
             self.counts["transforms"] += 1

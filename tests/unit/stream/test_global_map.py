@@ -185,7 +185,7 @@ def test_fusion_back_end_keeps_tracks_only_for_keyframes_a_later_window_can_hold
         fusion.on_keyframe(
             Keyframe(keyframe_id=k, frame_seq=k, t_capture=float(k), image=image, source_hw=(12, 16), **tracks)
         )
-    assert sorted(fusion.tracks) == list(range(6))
+    assert sorted(fusion.backend.tracks) == list(range(6))
     for window_id, ids in ((0, range(4)), (1, range(2, 6))):
         window = _window(ids, np.eye(4))
         fusion.on_result(
@@ -195,5 +195,7 @@ def test_fusion_back_end_keeps_tracks_only_for_keyframes_a_later_window_can_hold
                 depth=window["depth"], depth_conf=window["confidence"], timings={}, plan={}, model="test",
             )
         )  # fmt: skip
-    assert sorted(fusion.tracks) == [2, 3, 4, 5]  # windows never reach back before keyframe 2 again
-    assert len(fusion.refinements) == 2 and not fusion.refinements[0]["applied"]  # 3 tracks: too few to refine
+    assert sorted(fusion.backend.tracks) == [2, 3, 4, 5]  # windows never reach back before keyframe 2 again
+    assert (
+        len(fusion.backend.refinements) == 2 and not fusion.backend.refinements[0]["applied"]
+    )  # 3 tracks: too few to refine
