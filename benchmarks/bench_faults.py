@@ -179,7 +179,8 @@ class Fuzzer:
         return self.valid(choices[int(self.rng.integers(0, len(choices)))])
 
     def thin_image(self) -> Wire:
-        h, w = [(20_000, 8), (8, 20_000), (3, 3), (600, 800)][int(self.rng.integers(0, 4))]
+        shapes = [(1_000_000, 8), (8, 1_000_000), (20_000, 8), (3, 3), (2000, 2000), (600, 800)]  # issue 15: 1e6 x 8
+        h, w = shapes[int(self.rng.integers(0, len(shapes)))]
         return self.valid(self.frame(image=np.zeros((h, w, 3), np.uint8)))
 
     def unknown_sender_frame(self) -> Wire:
@@ -287,8 +288,9 @@ class Downstream:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(timeout=10)
-        for sock in self.sockets:
+        if hasattr(self, "thread"):
+            self.thread.join(timeout=10)
+        for sock in getattr(self, "sockets", []):
             sock.close(linger=0)
 
 
@@ -363,10 +365,11 @@ def run(num_messages: int, num_valid: int = 20, seed: int = 0, out: Path | None 
         expected["recv.end_of_stream"] += 1
         while downstream.ends < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        downstream.close()
+        downstream.close()  # the node's close waits for its receivers to disconnect (NodeLoop's drain)
         push.close(linger=0)
         returncode = proc.wait(timeout=STARTUP_S)
     finally:
+        downstream.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
@@ -455,7 +458,15 @@ def markdown(result: dict[str, Any], problems: list[str]) -> str:
     ]
     kinds = [{"kind": k, "sent": v} for k, v in result["by_kind"].items()]
     return (
-        table(summary, [("what", "measure"), ("value", "value")])
+        "Target: the keyframes node as its own process (`spark3r run-node keyframes --config launch/demo.yaml`); "
+        "this script stands in for capture upstream and for reconstruction and fusion downstream. Each message is "
+        "either dropped before handling (`dropped.<reason>`: malformed, or end-of-stream/heartbeat from a name "
+        "that is not the input's upstream, `unknown_sender`) or received (`recv.<topic>`); of the received, a "
+        "handler may still refuse one (`handler_error`: a frame_seq that does not increase; `bad_image`: beyond "
+        "max_pixels/max_aspect_ratio or under 8 px). `cleared.frame.*`: a frame whose ground-truth pose or "
+        "intrinsics held NaN/inf, served without them. `from_unknown.frames`: frames from a name that is not the "
+        "upstream, served but kept out of the sequence accounting. Peak RSS: VmHWM of the node process.\n\n"
+        + table(summary, [("what", "measure"), ("value", "value")])
         + "\n## Node counters (report of the keyframes node)\n\n"
         + table(drops, [("counter", "counter"), ("count", "count")])
         + "\n## Hostile messages by kind\n\n"

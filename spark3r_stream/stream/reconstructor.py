@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from spark3r_stream.config import check_field
+from spark3r_stream.errors import InputError
 from spark3r_stream.input_size import DEFAULT_MODEL
 from spark3r_stream.spark3r.plan import Spark3RConfig, load_config_file
 
@@ -37,9 +38,15 @@ class ReconstructionConfig:
     encoder_cache: bool = True
     refresh_budget: int = 2  # older keyframes whose depth is re-decoded per run (oldest decode first)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    # A keyframe arrives at model resolution (<= 518 x 518 for every preset); anything far beyond that, or more
+    # stored keyframes than any window holds, is refused before it is stored (issue 15: no message takes the memory).
+    max_keyframe_pixels: int = 1_000_000
+    max_stored_keyframes: int = 4096  # windows hold at most max_window (1000) keyframes plus the next stride
 
     def __post_init__(self) -> None:
         check_field(self, "refresh_budget", self.refresh_budget >= 0, "int >= 0")
+        check_field(self, "max_keyframe_pixels", self.max_keyframe_pixels >= 64, "int >= 64")
+        check_field(self, "max_stored_keyframes", self.max_stored_keyframes >= 1, "int >= 1")
         if self.spark3r is True or (self.spark3r_config and self.spark3r not in (None, False)):
             spark3r = load_config_file(self.spark3r_config) if self.spark3r_config else Spark3RConfig()
             object.__setattr__(self, "spark3r", spark3r)
@@ -95,7 +102,20 @@ class WindowReconstructor:
         return cls(model, config)
 
     def add_keyframe(self, keyframe_id: int, image: np.ndarray) -> None:
-        """Store a keyframe (uint8 [H, W, 3] at model resolution); sent once, kept until it leaves every window."""
+        """Store a keyframe (uint8 [H, W, 3] at model resolution); sent once, kept until it leaves every window.
+        InputError (reason `bad_image`) for an image beyond max_keyframe_pixels or a store already full."""
+        height, width = image.shape[:2]
+        if height * width > self.config.max_keyframe_pixels:
+            raise InputError(
+                f"keyframe {keyframe_id}: image {height}x{width} has {height * width} pixels > max_keyframe_pixels "
+                f"{self.config.max_keyframe_pixels}",
+                "bad_image",
+            )
+        if keyframe_id not in self.images and len(self.images) >= self.config.max_stored_keyframes:
+            raise InputError(
+                f"keyframe {keyframe_id}: {len(self.images)} keyframes stored already (max_stored_keyframes)",
+                "store_full",
+            )
         self.images[keyframe_id] = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
     def forget(self, keep: set[int]) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from spark3r_stream.errors import InputError
 from spark3r_stream.models import load_weights, model_from_official_config, predict
 from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
 from tests.conftest import fixture_path
@@ -63,3 +64,16 @@ def test_memory_is_bounded_by_the_window(model):
     assert set(reconstructor.images) == set(reconstructor.encoded) == {3, 4}
     with pytest.raises(KeyError, match=r"keyframes \[0\] were never received"):
         reconstructor.run(1, (0, 3))
+
+
+def test_an_oversized_keyframe_or_a_full_store_is_refused_before_storing(model):
+    reconstructor = WindowReconstructor(model, ReconstructionConfig(max_stored_keyframes=2))
+    with pytest.raises(InputError, match=r"image 1000000x8 has 8000000 pixels > max_keyframe_pixels") as info:
+        reconstructor.add_keyframe(0, np.zeros((1_000_000, 8, 3), np.uint8))
+    assert info.value.reason == "bad_image" and not reconstructor.images
+    for keyframe_id in (1, 2):
+        reconstructor.add_keyframe(keyframe_id, np.zeros((28, 42, 3), np.uint8))
+    reconstructor.add_keyframe(2, np.zeros((28, 42, 3), np.uint8))  # the same id again replaces it
+    with pytest.raises(InputError, match="2 keyframes stored already") as info:
+        reconstructor.add_keyframe(3, np.zeros((28, 42, 3), np.uint8))
+    assert info.value.reason == "store_full" and sorted(reconstructor.images) == [1, 2]
