@@ -192,14 +192,28 @@ def cmd_run_node(args: argparse.Namespace) -> int:
     import yaml
 
     out_dir(args.out)
-    from spark3r_stream.launch_files import node_config_from
+    from spark3r_stream.launch_files import node_config_from, run_node_overrides
 
-    config = node_config_from(args.config, args.name, [f"{args.name}.{s}" for s in args.set], out=args.out)
+    config = node_config_from(args.config, args.name, run_node_overrides(args.name, args.set), out=args.out)
     path = _Path(config["out"]) / "launch" / f"{args.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     node = importlib.import_module(f"spark3r_stream.nodes.{config['node']}")  # the node's own main, in this process
     return int(node.main(["--config", str(path), "--name", args.name, "--log-level", args.log_level]))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from spark3r_stream.transport.endpoints import generate_curve_keys
+
+    names = args.name or ["node"]
+    if len(set(names)) != len(names):
+        raise Spark3RError(f"keys generate --name {' '.join(names)}: a name is given twice")
+    for name in names:  # every name is checked before the first file is written
+        generate_curve_keys(args.dir, name, force=args.force, check_only=True)
+    for name in names:
+        public, secret = generate_curve_keys(args.dir, name, force=args.force)
+        print(f"wrote {public} (public: give it to the peers that allow {name}) and {secret} (secret, mode 0600)")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -302,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="override a param")
     p.add_argument("--out", help="output folder (default: runs/NAME)")
     p.set_defaults(func=cmd_run_node)
+
+    p = sub.add_parser("keys", help="CURVE key pairs for nodes on several hosts")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 0600) into DIR")
+    k.add_argument("dir", help="key directory (created if missing); also usable as an allow-list of public keys")
+    k.add_argument("--name", action="append", metavar="NAME", help="key pair name (repeatable; default: node)")
+    k.add_argument("--force", action="store_true", help="replace existing key files of these names")
+    k.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -8,6 +8,7 @@ A launch file (YAML; `preset:` names a base such as configs/pipeline.yaml) holds
     transport: ipc | tcp          # default addresses of the edges (ipc://<run dir>/<edge>, tcp://127.0.0.1:<port>)
     shutdown_timeout_s: 10        # after SIGINT, before SIGTERM (and as long again before SIGKILL)
     vars: {gpu_host: 127.0.0.1}   # `${name}` in any string below; `--set vars.gpu_host=10.0.0.5`
+    allow_insecure_remote: false  # true: every endpoint may reach beyond loopback without CURVE (trusted LAN only)
     edges: {frames: {kind: latest}}                  # both ends of an edge
     nodes:
       capture:                     # process name (log prefix); `node:` picks the node kind, default = the name
@@ -69,6 +70,7 @@ class LaunchFile:
     transport: Literal["ipc", "tcp"] = "ipc"
     shutdown_timeout_s: float = 10.0
     vars: dict[str, str] = field(default_factory=dict)
+    allow_insecure_remote: bool = False  # default of every endpoint's flag (endpoints.py): plain text beyond loopback
     edges: dict[str, dict[str, Any]] = field(default_factory=dict)
     nodes: dict[str, NodeEntry] = field(default_factory=dict)
 
@@ -178,6 +180,8 @@ def resolve(spec: LaunchFile, source: Path, out: Path, run_id: str) -> list[Reso
                 fields = {**spec.edges.get(edge, {}), **entry.endpoints.get(edge, {})}
                 fields = _substitute(fields, spec.vars, f"{where}.endpoints.{edge}")
                 fields.setdefault("transport", spec.transport)
+                if spec.allow_insecure_remote:
+                    fields.setdefault("allow_insecure_remote", True)
                 if direction == "in" and producers[edge]:
                     fields.setdefault("upstream_nodes", producers[edge])
                 if run_dir is not None:
@@ -229,6 +233,13 @@ def _size_keyframes_for_the_model(nodes: list[ResolvedNode]) -> None:
         selector = params.get("selector") if isinstance(params.get("selector"), dict) else {}
         if selector.get("model_hw") is None and selector.get("model") is None:
             params["selector"] = {**selector, "model": model or DEFAULT_MODEL}
+
+
+def run_node_overrides(name: str, overrides: Sequence[str]) -> list[str]:
+    """`spark3r run-node NAME --set X=V`: a param of node NAME (`model=...` -> `NAME.model=...`), except keys that
+    already name NAME or a top-level launch-file field (`vars.gpu_host=...`, `transport=tcp`), kept as given."""
+    top_fields = {f.name for f in dataclasses.fields(LaunchFile)}
+    return [o if o.split(".", 1)[0].split("=", 1)[0] in top_fields | {name} else f"{name}.{o}" for o in overrides]
 
 
 def node_config_from(

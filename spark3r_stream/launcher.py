@@ -74,6 +74,7 @@ class Launcher:
         self.stream = stream if stream is not None else sys.stdout
         self.color = color if color is not None else (self.stream.isatty() and "NO_COLOR" not in os.environ)
         self.nodes = resolve(spec, source, self.out, self.run_id)
+        check_local_keys(self.nodes, source)
         self.children: list[_Child] = []
         self.stop_reason: str | None = None
         self.started_at = time.time()
@@ -321,6 +322,22 @@ class Launcher:
         tmp.write_text(json.dumps(report, indent=2, default=str))
         tmp.replace(path)
         return path
+
+
+def check_local_keys(nodes: Sequence[ResolvedNode], source: Path) -> None:
+    """ConfigError before any process starts if a node started here names a CURVE key file or allow-list that is
+    missing or unsafe (remote nodes check theirs on their host)."""
+    from spark3r_stream.errors import ConfigError
+    from spark3r_stream.transport.endpoints import check_curve_files, parse_endpoints
+
+    for node in nodes:
+        if node.entry.remote:
+            continue
+        for ep in parse_endpoints(node.config["endpoints"]):
+            try:
+                check_curve_files(ep)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: nodes.{node.name}: {exc}") from None
 
 
 def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

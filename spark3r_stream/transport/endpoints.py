@@ -2,7 +2,9 @@
 
 Defaults are local only: `ipc://` in a short directory under /tmp, or `tcp://127.0.0.1:<port>`. Binding any other
 address (`tcp://*:5551`, `tcp://0.0.0.0:…`, a LAN address) needs `allow_remote_bind=True`, written in the launch
-file; such an edge should also carry CURVE keys (encryption + server authentication).
+file. A tcp endpoint that reaches beyond this machine (bind or connect) carries CURVE keys: encryption, the server
+authenticated by its public key, and every client by a ZAP allow-list of public keys (`curve.allowed_clients`,
+sockets.py); plain text there needs an explicit `allow_insecure_remote=True` and is logged as INSECURE.
 
 Who binds: the receiver of a lossless or latest edge (one consumer, any number of producers, fan-in), the
 sender of a fanout edge (one publisher, any number of subscribers). Either side may start first.
@@ -67,12 +69,16 @@ NODE_EDGES: dict[str, dict[str, tuple[str, ...]]] = {
 class CurveConfig:
     """CURVE security for one edge. The binding side is the CURVE server.
 
-    `secret_key_file`: this node's certificate (`zmq.auth.create_certificates` writes `<name>.key_secret`).
+    `secret_key_file`: this node's certificate `<name>.key_secret` (`spark3r keys generate DIR --name NAME`); it
+    must not be readable by other users (mode 0600).
     `server_public_key`: connecting side only: the binder's public key, z85 text or a path to its `.key` file.
+    `allowed_clients`: binding side only, required there: a directory of the public keys (`*.key`) allowed to
+    connect; a ZAP handler refuses every other key pair (and every plain-text peer) in the handshake.
     """
 
     secret_key_file: str
     server_public_key: str | None = None
+    allowed_clients: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +97,7 @@ class Endpoint:
     # in its producers); None accepts any name (library use). Data from other names is still served.
     upstream_nodes: tuple[str, ...] | None = None
     allow_remote_bind: bool = False
+    allow_insecure_remote: bool = False  # a tcp endpoint beyond loopback without CURVE: plain text, anyone gets in
     curve: CurveConfig | None = None
 
     def __post_init__(self) -> None:
@@ -104,6 +111,34 @@ class Endpoint:
         if self.upstreams < 1:
             raise ConfigError(f"{where}: upstreams must be >= 1, got {self.upstreams}")
         check_address(self.address, bind=self.bind, allow_remote_bind=self.allow_remote_bind, where=where)
+        if self.curve is not None:
+            if self.bind and not self.curve.allowed_clients:
+                raise ConfigError(
+                    f"{where}: CURVE on a bound socket needs curve.allowed_clients, a directory of the public keys "
+                    "allowed in (without it any key pair gets in); `spark3r keys generate DIR` makes key pairs"
+                )
+            if not self.bind and self.curve.allowed_clients:
+                raise ConfigError(
+                    f"{where}: curve.allowed_clients is for the binding side (the CURVE server); this endpoint "
+                    "connects: give it curve.server_public_key"
+                )
+            if self.bind and is_remote_tcp(self.address):
+                log.info("%s binds %s beyond loopback (CURVE, clients from an allow-list)", where, self.address)
+        elif is_remote_tcp(self.address):
+            if not self.allow_insecure_remote:
+                raise ConfigError(
+                    f"{where}: {self.address} reaches beyond this machine without CURVE: anyone on the network "
+                    "could read or inject messages; give the edge curve keys (`spark3r keys generate DIR`, then "
+                    "curve: {secret_key_file: ..., allowed_clients: DIR} where it binds and {secret_key_file: ..., "
+                    "server_public_key: ...} where it connects) or, on a trusted network only, set "
+                    "allow_insecure_remote: true"
+                )
+            log.warning(
+                "INSECURE: %s uses %s in plain text without authentication (allow_insecure_remote): anyone who "
+                "can reach it can read or inject messages",
+                where,
+                self.address,
+            )
 
 
 def check_address(address: str, *, bind: bool, allow_remote_bind: bool = False, where: str = "endpoint") -> None:
@@ -129,8 +164,14 @@ def check_address(address: str, *, bind: bool, allow_remote_bind: bool = False, 
             f"{where}: binding {address!r} would listen beyond this machine; set allow_remote_bind: true "
             "in the launch file (and give the edge CURVE keys) if that is intended"
         )
-    if bind and not is_loopback(host):
-        log.warning("%s binds %s, reachable from other hosts", where, address)
+
+
+def is_remote_tcp(address: str) -> bool:
+    """Whether a (valid) tcp address binds or connects beyond loopback; ipc and inproc never do."""
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return False
+    return not is_loopback(rest.rpartition(":")[0].strip("[]"))
 
 
 def is_loopback(host: str) -> bool:
@@ -243,19 +284,48 @@ def parse_endpoints(spec: Any) -> list[Endpoint]:
     return out
 
 
-def generate_curve_keys(key_dir: str | Path, name: str) -> tuple[Path, Path]:
-    """Write a CURVE certificate pair `<name>.key` (public) and `<name>.key_secret` (mode 0600); return both paths."""
-    import zmq.auth  # pyzmq's certificate helpers (ZPL files)
+def generate_curve_keys(
+    key_dir: str | Path, name: str, *, force: bool = False, check_only: bool = False
+) -> tuple[Path, Path]:
+    """Write a CURVE key pair: `<name>.key` (public, mode 0644) and `<name>.key_secret` (mode 0600 from its creation,
+    never readable by others in between); return both paths. ConfigError if `key_dir` is a file, `name` is not a
+    plain file name, or either file exists (unless `force`); `check_only`: those checks, nothing written."""
+    import zmq
 
     key_dir = Path(key_dir)
+    if key_dir.exists() and not key_dir.is_dir():
+        raise ConfigError(f"keys directory {key_dir}: is a file; give a directory (it is created if missing)")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"key name {name!r}: expected letters, digits, '_', '.', '-' (a file name, no '/')")
+    public_path, secret_path = key_dir / f"{name}.key", key_dir / f"{name}.key_secret"
+    existing = [str(p) for p in (public_path, secret_path) if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise ConfigError(
+            f"keys {' and '.join(existing)}: already exist; --force replaces them (peers that allow the old public "
+            "key must then be given the new one)"
+        )
+    if check_only:
+        return public_path, secret_path
     key_dir.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(key_dir), name)
-    os.chmod(secret, 0o600)
-    return Path(public), Path(secret)
+    public, secret = zmq.curve_keypair()
+    header = f"#   ZeroMQ CURVE {{}} certificate {name!r}, made by `spark3r keys generate`\nmetadata\ncurve\n"
+    public_text = header.format("public") + f'    public-key = "{public.decode()}"\n'
+    secret_text = (
+        header.format("**secret**") + f'    public-key = "{public.decode()}"\n    secret-key = "{secret.decode()}"\n'
+    )
+    for path, text, mode in ((secret_path, secret_text, 0o600), (public_path, public_text, 0o644)):
+        if path.exists() or path.is_symlink():
+            path.unlink()  # --force: a fresh file, so O_EXCL below never follows a planted link
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)  # the umask may have narrowed the public file's mode
+    return public_path, secret_path
 
 
 def load_curve_keys(path: str | Path) -> tuple[bytes, bytes | None]:
-    """(public, secret) z85 keys from a certificate file; secret is None for a public-only `.key` file."""
+    """(public, secret) z85 keys from a certificate file; secret is None for a public-only `.key` file. A file that
+    holds a secret key and is readable by group or others is refused (like ssh does)."""
     import zmq.auth
 
     path = Path(path)
@@ -265,7 +335,49 @@ def load_curve_keys(path: str | Path) -> tuple[bytes, bytes | None]:
         public, secret = zmq.auth.load_certificate(str(path))
     except (ValueError, OSError) as exc:
         raise ConfigError(f"CURVE key file {path}: {exc}") from None
+    if len(public) != 40 or (secret is not None and len(secret) != 40):
+        raise ConfigError(f"CURVE key file {path}: keys must be 40 characters of z85 text")
+    mode = path.stat().st_mode & 0o777
+    if secret is not None and mode & 0o077:
+        raise ConfigError(
+            f"CURVE key file {path}: holds a secret key but is readable by other users (mode {mode:04o}); "
+            f"chmod 600 {path}"
+        )
     return public, secret
+
+
+def load_allowed_keys(directory: str | Path) -> frozenset[bytes]:
+    """The z85 public keys of every `*.key` file in `directory` (a CURVE server's allow-list). ConfigError if it is
+    not a directory, a file in it is not a key, or it allows nobody."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"CURVE allow-list {directory}: not a directory (curve.allowed_clients names a directory of the public "
+            "keys, `*.key`, allowed to connect)"
+        )
+    keys = frozenset(load_curve_keys(path)[0] for path in sorted(directory.glob("*.key")))
+    if not keys:
+        raise ConfigError(
+            f"CURVE allow-list {directory}: holds no public key (*.key), so it would let nobody in; copy the "
+            "clients' <name>.key files there"
+        )
+    return keys
+
+
+def check_curve_files(ep: Endpoint) -> None:
+    """ConfigError now (before any process starts) if a CURVE key file or allow-list of `ep` is missing or bad."""
+    if ep.curve is None:
+        return
+    where = f"endpoint {ep.edge!r} ({ep.direction})"
+    try:
+        if load_curve_keys(ep.curve.secret_key_file)[1] is None:
+            raise ConfigError(f"{ep.curve.secret_key_file} holds no secret key (use <name>.key_secret)")
+        if ep.curve.server_public_key:
+            server_public_key(ep.curve.server_public_key)
+        if ep.curve.allowed_clients:
+            load_allowed_keys(ep.curve.allowed_clients)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}; `spark3r keys generate DIR --name NAME` makes key pairs") from None
 
 
 def server_public_key(value: str) -> bytes:

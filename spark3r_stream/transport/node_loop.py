@@ -68,7 +68,7 @@ from spark3r_stream.errors import ConfigError, DecodeError, Spark3RError
 from spark3r_stream.transport.codec import decode, encode
 from spark3r_stream.transport.endpoints import Endpoint, parse_endpoints
 from spark3r_stream.transport.messages import CONTROL_TYPES, MESSAGE_TYPES, EndOfStream, Heartbeat, message_type
-from spark3r_stream.transport.sockets import open_socket
+from spark3r_stream.transport.sockets import open_socket, release_authentication
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,8 @@ class NodeLoop:
                 out.socket.disable_monitor()
                 out.monitor.close(linger=0)
                 out.monitor = None
+        # the ZAP handler stops before its context (inputs closed at their end are no longer in _socket_role)
+        release_authentication(self._context, [p.socket for p in [*self._inputs.values(), *self._outputs.values()]])
         if self._own_context:
             self._context.destroy(linger=self.linger_ms)
         else:
@@ -274,7 +276,7 @@ class NodeLoop:
 
     def _open(self, ep: Endpoint) -> None:
         assert self._context is not None
-        sock, monitor = open_socket(self._context, ep, linger_ms=self.linger_ms, node=self.name)
+        sock, monitor = open_socket(self._context, ep, linger_ms=self.linger_ms, node=self.name, counters=self.counters)
         self._socket_role[sock] = (ep.direction, ep.edge)
         if ep.direction == "in":
             self._inputs[ep.edge] = _Input(ep, sock)

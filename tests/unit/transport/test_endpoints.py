@@ -46,8 +46,11 @@ def test_receiver_binds_point_to_point_edges_and_publisher_binds_fanout(ipc_dir)
 def test_binding_beyond_loopback_needs_the_explicit_flag(address):
     with pytest.raises(ConfigError, match=r"endpoint 'keyframes' \(in\): binding .* set allow_remote_bind: true"):
         make_endpoint("keyframes", "in", address=address)
-    assert make_endpoint("keyframes", "in", address=address, allow_remote_bind=True).address == address
-    assert make_endpoint("keyframes", "out", address=address.replace("*", "10.0.0.2")).bind is False  # connect: fine
+    with pytest.raises(ConfigError, match=r"reaches beyond this machine without CURVE.*allow_insecure_remote: true"):
+        make_endpoint("keyframes", "in", address=address, allow_remote_bind=True)
+    insecure = {"allow_insecure_remote": True}  # plain text beyond loopback: explicit (tests/fault/test_curve.py)
+    assert make_endpoint("keyframes", "in", address=address, allow_remote_bind=True, **insecure).address == address
+    assert make_endpoint("keyframes", "out", address=address.replace("*", "10.0.0.2"), **insecure).bind is False
 
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:5551", "tcp://localhost:5551", "tcp://[::1]:5551"])
@@ -101,14 +104,17 @@ def test_parse_endpoints_from_launch_file_mapping(ipc_dir):
 
 def test_curve_encrypted_edge_over_tcp(ctx, tmp_path):
     server_pub, server_secret = generate_curve_keys(tmp_path, "server")
-    _, client_secret = generate_curve_keys(tmp_path, "client")
+    _, client_secret = generate_curve_keys(tmp_path / "allowed", "client")
     _, stranger_secret = generate_curve_keys(tmp_path, "stranger")
     assert oct(server_secret.stat().st_mode & 0o777) == "0o600"
     with socket.socket() as probe:  # a free port (closed synchronously, unlike a zmq socket)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    inp = make_endpoint("frames", "in", address=address, curve={"secret_key_file": str(server_secret)})
+    allowed = str(tmp_path / "allowed")
+    inp = make_endpoint(
+        "frames", "in", address=address, curve={"secret_key_file": str(server_secret), "allowed_clients": allowed}
+    )
     out = make_endpoint(
         "frames",
         "out",
