@@ -8,9 +8,11 @@ Needs root and `ip netns` (CI runs as root): without them this test fails, it ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -65,7 +67,11 @@ def hosts():
         ip("netns", "exec", names["here"], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         yield names
     finally:
-        for name in made:
+        for name in made:  # processes left in a namespace (a launcher's node after a failure) end with it
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=30).stdout
+            for pid in pids.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
