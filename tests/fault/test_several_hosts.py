@@ -64,7 +64,8 @@ def hosts():
             ip("-n", names[peer], "addr", "add", f"{peer_addr}/24", "dev", "eth0")
             ip("-n", names[peer], "link", "set", "eth0", "up")
             ip("-n", names[peer], "route", "add", subnet, "via", here_addr)  # the other link, through `here`
-        ip("netns", "exec", names["here"], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        forward = "open('/proc/sys/net/ipv4/ip_forward', 'w').write('1')"  # per namespace; no sysctl binary needed
+        ip("netns", "exec", names["here"], sys.executable, "-c", forward)
         yield names
     finally:
         for name in made:  # processes left in a namespace (a launcher's node after a failure) end with it
