@@ -92,8 +92,7 @@ def apply_curve(sock: zmq.Socket, ep: Endpoint, *, node: str = "node", counters:
     sock.curve_secretkey = secret
     if ep.bind:
         assert allowed is not None  # Endpoint refuses a CURVE bind without allowed_clients
-        domain = f"{node}/{ep.edge}"
-        _register_allow_list(sock.context, sock, _AllowList(domain, ep.edge, allowed, counters))
+        domain = _register_allow_list(sock.context, sock, _AllowList(f"{node}/{ep.edge}", ep.edge, allowed, counters))
         sock.zap_domain = domain.encode()
         # fail closed: without an answering ZAP handler (e.g. while the node shuts down) libzmq would otherwise
         # complete a CURVE handshake unauthenticated (libzmq >= 4.3; the handler above is the primary check)
@@ -118,7 +117,7 @@ class _AllowList:
     def callback(self, domain: str, client_key: bytes) -> bool:  # runs in the ZAP thread
         if client_key in self.keys:
             return True
-        self.counters[f"rejected.{self.edge}"] += 1
+        self.counters[f"rejected.{self.edge}"] += 1  # from the ZAP thread: a count, read only for reports
         if client_key not in self._logged and len(self._logged) < 100:  # once per key; bounded against floods
             self._logged.add(client_key)
             log.warning("%s: refused a CURVE client whose key is not allowed (%s)", domain, client_key.decode())
@@ -141,7 +140,8 @@ _ZAP: dict[int, _Zap] = {}  # id(context) -> its handler (at most one per contex
 _ZAP_LOCK = threading.Lock()
 
 
-def _register_allow_list(context: zmq.Context, sock: zmq.Socket, allow: _AllowList) -> None:
+def _register_allow_list(context: zmq.Context, sock: zmq.Socket, allow: _AllowList) -> str:
+    """Serve `allow` for `sock` from the context's ZAP handler (started here if needed); return its ZAP domain."""
     with _ZAP_LOCK:
         zap = _ZAP.get(id(context))
         if zap is None or zap.context is not context:
@@ -149,14 +149,17 @@ def _register_allow_list(context: zmq.Context, sock: zmq.Socket, allow: _AllowLi
                 zap = _ZAP[id(context)] = _Zap(context)
             except zmq.ZMQError as exc:  # another ZAP handler already serves this context
                 raise ConfigError(f"ZAP domain {allow.domain}: cannot start the CURVE authenticator: {exc}") from None
-        zap.authenticator.configure_curve_callback(domain=allow.domain, credentials_provider=allow)
-        zap.sockets[sock] = allow.domain
+        taken = zap.authenticator.credentials_providers
+        domain = next(d for n in range(len(taken) + 1) if (d := allow.domain + (f"#{n}" if n else "")) not in taken)
+        zap.authenticator.configure_curve_callback(domain=domain, credentials_provider=allow)
+        zap.sockets[sock] = domain
+        return domain
 
 
 def release_authentication(context: zmq.Context | None, sockets: Any) -> None:
     """Forget the allow-lists of `sockets`; stop the context's ZAP handler when no CURVE server socket is left.
     Call before the context is destroyed (its socket would be closed under the handler's thread). A handshake
-    after this point is never answered: the node has stopped reading its inputs."""
+    after this point is refused (ZAP_ENFORCE_DOMAIN, set on every CURVE server socket)."""
     if context is None:
         return
     with _ZAP_LOCK:

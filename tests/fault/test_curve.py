@@ -221,3 +221,38 @@ def test_launch_file_level_opt_out_reaches_every_endpoint(tmp_path):
     spec, source = load_launch_file(path, ["allow_insecure_remote=true"])
     (node,) = resolve(spec, source, tmp_path, "t")
     assert next(e for e in node.config["endpoints"] if e["edge"] == "keyframes")["allow_insecure_remote"] is True
+
+
+def test_two_curve_servers_in_one_context_keep_their_own_allow_lists(keys, tmp_path):
+    """One ZAP handler per context serves every CURVE server socket in it, each with its own allow-list (even under
+    the same node and edge name); it stops with the last of them."""
+    _, other_secret = generate_curve_keys(tmp_path / "other_allowed", "other")
+    server_public, _ = load_curve_keys(keys["server_public"])
+    client, other = load_curve_keys(keys["client_secret"]), load_curve_keys(other_secret)
+    context = zmq.Context()
+    opened = []
+    try:
+        for allowed in (keys["allowed"], tmp_path / "other_allowed"):
+            curve = {"secret_key_file": str(keys["server_secret"]), "allowed_clients": str(allowed)}
+            ep = make_endpoint("frames", "in", address=free_tcp_address(), curve=curve)
+            sock, _ = transport_sockets.open_socket(context, ep, linger_ms=0, node="fusion")
+            opened.append((ep.address, sock))
+        (first, first_sock), (second, second_sock) = opened
+
+        def handshake(address: str, keys_: tuple[bytes, bytes]) -> dict:
+            return attempt(address, "stranger_key", server_public, keys_, INTRUDER_DEADLINE_S)
+
+        assert "HANDSHAKE_SUCCEEDED" in handshake(first, client)
+        assert "HANDSHAKE_FAILED_AUTH" in handshake(second, client)
+        assert "HANDSHAKE_FAILED_AUTH" in handshake(first, other)
+        transport_sockets.release_authentication(context, [first_sock])
+        first_sock.close(linger=0)
+        assert "HANDSHAKE_SUCCEEDED" in handshake(second, other)  # its allow-list outlives the first socket's
+        assert "HANDSHAKE_FAILED_AUTH" in handshake(second, client)
+        transport_sockets.release_authentication(context, [second_sock])
+        assert transport_sockets._ZAP == {}
+    finally:
+        for _, sock in opened:
+            transport_sockets.release_authentication(context, [sock])
+            sock.close(linger=0)
+        context.term()
