@@ -244,6 +244,12 @@ class Keyframe:
     source_hw: IMAGE_HW | None = None
     source_intrinsics: INTRINSICS | None = None
 
+    def __post_init__(self) -> None:
+        if (self.track_ids is None) != (self.track_uv is None):
+            raise ValueError("track_ids and track_uv come together (one pixel per track id)")
+        if self.track_ids is not None:
+            _check_len("track_uv", self.track_uv, self.track_ids.shape[0], "track_ids")
+
 
 @message("window_request", version=1)
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

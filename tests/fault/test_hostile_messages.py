@@ -117,6 +117,27 @@ def test_hostile_header_is_a_decode_error_with_a_reason(name):
     assert text in info.value.detail
 
 
+def test_tracks_and_their_pixels_must_agree():
+    kf = Keyframe(
+        keyframe_id=0,
+        frame_seq=0,
+        t_capture=0.0,
+        image=np.zeros((8, 8, 3), np.uint8),
+        track_ids=np.arange(3, dtype=np.int64),
+        track_uv=np.zeros((3, 2), np.float32),
+    )
+    frames = wire(kf)
+    header = json.loads(frames[1])
+    header["arrays"][2]["shape"] = [2, 2]  # track_uv: 2 pixels for 3 track ids
+    with pytest.raises(DecodeError) as info:
+        decode([frames[0], json.dumps(header).encode(), frames[2], frames[3], frames[4][:16]])
+    assert (
+        info.value.reason == "inconsistent" and "track_uv has 2 entries but there are 3 track_ids" in info.value.detail
+    )
+    with pytest.raises(ValueError, match="come together"):
+        Keyframe(keyframe_id=0, frame_seq=0, t_capture=0.0, image=kf.image, track_ids=kf.track_ids)
+
+
 def test_ranges_are_checked_when_sending_too():
     with pytest.raises(TypeError, match=r"Frame.frame_seq: expected >= 0, got -1"):
         encode(Frame(frame_seq=-1, t_capture=0.0, image=np.zeros((8, 8, 3), np.uint8), source_id=""), 0)
