@@ -5,6 +5,7 @@ with a named reason or counted, and the node serves the next good message."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import tracemalloc
@@ -19,7 +20,7 @@ from spark3r_stream.stream.keyframes import KeyframeSelector, KeyframeSelectorCo
 from spark3r_stream.transport import EndOfStream, Frame, FrameRecord, Heartbeat, Keyframe, NodeLoop, decode, encode
 from spark3r_stream.transport import node_loop as node_loop_module
 from spark3r_stream.transport.codec import MAX_HEADER_BYTES, MAX_JSON_DEPTH
-from spark3r_stream.transport.endpoints import make_endpoint
+from spark3r_stream.transport.endpoints import default_run_dir, make_endpoint
 
 pytestmark = pytest.mark.fault
 
@@ -266,7 +267,11 @@ def test_any_exception_in_a_handler_or_in_decode_is_a_counted_drop(ctx, ipc_dir,
 
 def test_a_launch_file_names_each_input_s_producers():
     spec, source = load_launch_file("demo")
-    nodes = {n.name: n.config for n in resolve(spec, source, tempfile.gettempdir(), "fault-names")}
+    run_id = f"fault-names-{os.getpid()}"
+    try:
+        nodes = {n.name: n.config for n in resolve(spec, source, tempfile.gettempdir(), run_id)}
+    finally:
+        shutil.rmtree(default_run_dir(run_id), ignore_errors=True)  # resolve made the ipc directory
     upstreams = {
         (name, ep["edge"]): ep["upstream_nodes"]
         for name, c in nodes.items()
