@@ -75,6 +75,7 @@ class BackEnd:
         self.refinements: list[dict[str, Any]] = []
         self.loop_candidates: list[dict[str, Any]] = []
         self.graph_runs: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
 
     def on_keyframe(self, keyframe: Keyframe) -> None:
         if self.config.refine and keyframe.track_ids is not None:
@@ -90,17 +91,30 @@ class BackEnd:
                 intrinsics[:2, 2] -= (left, top)
             self.loop_detector.add_keyframe(keyframe.keyframe_id, keyframe.image, intrinsics)
 
-    def on_window(self, gmap: GlobalMap, result: WindowResult, step: WindowIntegration) -> None:
-        """After `gmap.integrate_window(result)`: refine, add the run to the pose graph, close loops."""
+    def on_window(
+        self, gmap: GlobalMap, result: WindowResult, step: WindowIntegration, before: dict[int, np.ndarray]
+    ) -> None:
+        """After `gmap.integrate_window(result)` (`before`: the map's poses of the window's keyframes just before
+        it): refine, add the run to the pose graph, close loops. A step that raises leaves the map as the window's
+        alignment put it; the failure is counted and the run goes on."""
+        steps = []
         if self.config.refine:
-            self._refine(gmap, result, step.alignment.scale)
+            steps.append(("refinement", lambda: self._refine(gmap, result, step.alignment.scale, before)))
         if self.config.loop_closure:
-            self.pose_graph.add_window(_nodes(gmap, result.keyframe_ids))
-            self._close_loops(gmap, result, step.new_keyframe_ids)
+            steps.append(("pose_graph", lambda: self.pose_graph.add_window(_nodes(gmap, result.keyframe_ids))))
+            steps.append(("loop_closure", lambda: self._close_loops(gmap, result, step.new_keyframe_ids)))
+        for name, run in steps:
+            try:
+                run()
+            except Exception as exc:  # noqa: BLE001 - a back-end failure must not stop fusion (issue 14)
+                log.exception("window %d: %s failed; the window's chained poses stay", result.window_id, name)
+                self.failures.append(
+                    {"window_id": result.window_id, "step": name, "error": f"{type(exc).__name__}: {exc}"}
+                )
 
     def summary(self) -> dict[str, Any]:
         """The report's `backend` section."""
-        summary: dict[str, Any] = {}
+        summary: dict[str, Any] = {"failures": self.failures}
         if self.config.refine:
             applied = sum(r["applied"] for r in self.refinements)
             summary.update(refinements=len(self.refinements), applied=applied, runs=self.refinements)
@@ -119,7 +133,7 @@ class BackEnd:
 
     # ------------------------------------------------------------------------------------------------ refinement
 
-    def _refine(self, gmap: GlobalMap, result: WindowResult, map_scale: float) -> None:
+    def _refine(self, gmap: GlobalMap, result: WindowResult, map_scale: float, before: dict[int, np.ndarray]) -> None:
         """Bundle-adjust the window's keyframes (map frame) against their tracks; the map takes the refined poses."""
         # windows never reach back before the current one's first keyframe (stream/windows.py): older tracks go
         for old in [k for k in self.tracks if k < min(result.keyframe_ids)]:
@@ -151,7 +165,8 @@ class BackEnd:
             depths.append(depth)
         observations = [self.tracks[k].observations for k in ids]
         poses = np.stack([gmap.world_from_cam(k) for k in ids])
-        refinement = refine_window(poses, np.stack(intrinsics), observations, depths, self.config.refinement)
+        anchors = {i: before[k] for i, k in enumerate(ids) if k in before}
+        refinement = refine_window(poses, np.stack(intrinsics), observations, depths, self.config.refinement, anchors)
         self.refinements.append(
             {
                 "window_id": result.window_id,

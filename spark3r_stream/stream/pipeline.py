@@ -176,8 +176,10 @@ class FusionStep:
 
     def on_result(self, result: WindowResult) -> MapUpdate | None:
         fields = ("window_id", "keyframe_ids", "world_from_cam", "intrinsics", "dense_keyframe_ids", "depth")
+        posed = set(self.gmap.keyframe_ids)
+        before = {k: self.gmap.world_from_cam(k) for k in result.keyframe_ids if k in posed}
         step = self.gmap.integrate_window(*(getattr(result, f) for f in fields), result.depth_conf)
-        self.backend.on_window(self.gmap, result, step)
+        self.backend.on_window(self.gmap, result, step, before)
         if self.viewer is not None:
             self.viewer.sync(self.gmap, self.newest["frame_seq"], self.newest["t"])
         summary = {"num_dense": len(result.dense_keyframe_ids), "alignment": step.alignment.summary()}

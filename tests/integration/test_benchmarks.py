@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_backbone, bench_encoder_cache
@@ -87,12 +88,16 @@ def test_bench_pipeline_memory_sweep_runs_the_pipeline_steps_with_bounded_stores
     assert row["stored_images"] <= 20 and row["cached_encodings"] <= 20  # bounded by the window, not the stream
 
 
-def test_bench_backend_quick_runs_both_back_ends(capsys):
+def test_bench_backend_quick_runs_every_back_end(capsys, tmp_path):
     from benchmarks import bench_backend
 
     before = sorted(RESULTS.iterdir())
     assert bench_backend.main(["--quick"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [r["back end"] for r in rows] == ["network poses + Sim(3) chain", "refinement"]
+    assert [r["back end"] for r in rows] == list(bench_backend.VARIANTS)
     assert rows[1]["refined"].split("/")[0] != "0" and rows[0]["ate_constant_baseline_m"] > 0
+    assert rows[0]["loops"] == "–" and rows[2]["loops"].count("/") == 2 and rows[2]["backend_failures"] == 0
     assert sorted(RESULTS.iterdir()) == before
+    centres = {"estimate": np.zeros((3, 3)), "truth": np.eye(3)}
+    bench_backend.plot("demo", {"a": centres}, tmp_path / "demo.png")
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
