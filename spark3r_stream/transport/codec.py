@@ -39,13 +39,18 @@ from spark3r_stream.transport.messages import (
 
 MAX_HEADER_BYTES = 64 << 10
 HEADER_KEYS = frozenset({"type", "v", "seq", "t_sent", "node", "scalars", "arrays"})
+# optional: the sender's incarnation (NodeLoop: start time in µs), so a receiver tells a restarted sender, whose seq
+# starts again at 0, from a replay of messages it has already seen (issue 15, at-least-once delivery)
+OPTIONAL_HEADER_KEYS = frozenset({"epoch"})
 MAX_JSON_DEPTH = 16  # real headers nest 4 deep (header > scalars > plan > list); 30,000 `[` overflowed the parser
 MAX_NUMBER_CHARS = 40  # an int64 has 20 characters, a float64 repr at most 24; "1" * 4301 made int() raise
 
 Buffer = bytes | memoryview | np.ndarray
 
 
-def encode(msg: Any, seq: int, *, node: str = "", t_sent: float | None = None) -> list[Buffer]:
+def encode(
+    msg: Any, seq: int, *, node: str = "", t_sent: float | None = None, epoch: int | None = None
+) -> list[Buffer]:
     """Message -> multipart frames `[topic, header, *arrays]`; arrays are the message's own memory (zero-copy).
 
     Raises ValueError/TypeError if the message does not fit its own schema (a sender bug, caught before sending).
@@ -85,6 +90,8 @@ def encode(msg: Any, seq: int, *, node: str = "", t_sent: float | None = None) -
         "scalars": scalars,
         "arrays": arrays_meta,
     }
+    if epoch is not None:
+        header["epoch"] = int(epoch)
     header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ValueError(f"{mt.cls.__name__} header is {len(header_bytes)} bytes > {MAX_HEADER_BYTES}")
@@ -105,8 +112,8 @@ def decode(frames: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     header = _parse_header(bytes(header_view))
     if not isinstance(header, dict):
         raise DecodeError("bad_header", f"header is a JSON {type(header).__name__}, not an object")
-    if set(header) != HEADER_KEYS:
-        missing, extra = sorted(HEADER_KEYS - set(header)), sorted(set(header) - HEADER_KEYS)
+    if not HEADER_KEYS <= set(header) <= HEADER_KEYS | OPTIONAL_HEADER_KEYS:
+        missing, extra = sorted(HEADER_KEYS - set(header)), sorted(set(header) - HEADER_KEYS - OPTIONAL_HEADER_KEYS)
         raise DecodeError("bad_header", f"header keys: missing {missing}, unexpected {extra}")
     type_name = header["type"]
     mt = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None
@@ -121,6 +128,9 @@ def decode(frames: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     for key, kind in (("seq", int), ("t_sent", (int, float)), ("node", str), ("scalars", dict), ("arrays", list)):
         if not isinstance(header[key], kind) or isinstance(header[key], bool):
             raise DecodeError("bad_header", f"header {key} is {type(header[key]).__name__}")
+    epoch = header.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= INT64_MAX:
+        raise DecodeError("bad_header", f"header epoch {str(epoch)[:40]} is not an int in 0..{INT64_MAX}")
     if not 0 <= header["seq"] <= INT64_MAX:
         raise DecodeError("bad_header", f"header seq {header['seq']} is outside 0..{INT64_MAX}")
     if not math.isfinite(header["t_sent"]):

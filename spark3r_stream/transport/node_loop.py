@@ -48,6 +48,22 @@ End-of-stream, heartbeats and sequence accounting count only from the input's `u
 producers of that edge): anything else claiming to end an input is `dropped.unknown_sender`; data from another
 name is served but kept out of the accounting (`from_unknown.<edge>`). Without `upstream_nodes` at most
 MAX_UPSTREAMS names are tracked per input, so a sender inventing names cannot grow the node's memory.
+
+At-least-once delivery on lossless edges (issue 15), after the zguide's reliability chapter: sequence numbers per
+sender incarnation (the header's `epoch`), a bounded resend buffer at the sender as in "Titanic"/"Clone"-style
+replay, and peer liveness from connection events instead of Lazy Pirate's request timeouts (PUSH/PULL has no reply
+to time out on). Every lossless output keeps what it sent (data, heartbeats, end-of-stream, with their seq) in a
+buffer bounded by `replay_max_messages` and `replay_max_bytes` (the oldest leave first, `replay_evicted.<edge>`).
+When its receiver reconnects after a disconnect (the receiving node was killed and respawned), the buffer is sent
+again, or, where the node registered `loop.on_reconnect(edge, provider)`, what the provider returns (the keyframes
+node: the current window's keyframes and requests; counted `resent.<topic>`). Receivers drop what they have seen by
+(sender, epoch, seq) (`dropped.duplicate`; replays may arrive after newer messages, so the seen set is a watermark
+plus the seqs above it, and a refilled hole no longer counts in `gaps.<edge>`). A sender restarted with a new epoch
+starts a new accounting (`upstream_restarts.<edge>`). A receiver that was itself restarted (`is_restart`) without
+persisted state counts each lossless upstream from the first seq it sees; one that persists its state saves
+`export_input_state()` with it and restores it with `import_input_state()`, so a replay is deduplicated against
+what the state already holds; `on_input_end(handler)` runs before an ended input is closed (the sender is released
+then), the moment to make that state durable.
 """
 
 from __future__ import annotations
@@ -56,7 +72,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +91,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64  # messages taken from one socket per poll, so other sockets and signals are served too
 MAX_UPSTREAMS = 64  # sender names tracked per input when the endpoint does not list them (memory bound)
 WARN_SUMMARY_S = 10.0  # repeated drops: first one logged as a warning, then a summary at most this often
+REPLAY_MAX_MESSAGES = 10_000  # per lossless output: sent messages kept to replay to a restarted receiver
+REPLAY_MAX_BYTES = 64 << 20  # and their bytes (sent arrays are held, not copied): a few window results at 518 px
+MAX_AHEAD = 100_000  # seqs seen above a hole that never fills, per upstream, before the hole is given up as lost
 
 
 @dataclass
@@ -86,6 +105,15 @@ class _Upstream:
     gaps: int = 0  # messages missing between consecutive seqs
     stale: int = 0  # latest-wins: received but superseded by a newer one, not handled
     num_sent: int | None = None  # from its EndOfStream
+    # at-least-once bookkeeping (lossless inputs): every seq below `below` has been seen, plus those in `ahead`
+    epoch: int | None = None  # the sender's incarnation
+    below: int = 0
+    ahead: set[int] = field(default_factory=set)
+    num_seen: int = 0  # distinct seqs of this epoch, control messages included
+    joined_at: int | None = None  # a restarted receiver without state: the first seq it saw
+    eos_seq: int | None = None
+    received_before: int = 0  # data messages of earlier epochs (the sender was restarted)
+    restarts: int = 0
 
 
 @dataclass
@@ -113,6 +141,10 @@ class _Output:
     monitor: zmq.Socket | None = None  # lossless: connection events, so that a normal close waits for receivers
     peers: int = 0  # connections open now (from the monitor)
     was_connected: bool = False
+    replay: deque[tuple[int, list[Any], int]] = field(default_factory=deque)  # (seq, frames, bytes) sent lately
+    replay_bytes: int = 0
+    lost_peer: bool = False  # a receiver disconnected; its next connection gets the replay
+    needs_replay: bool = False
 
 
 class NodeLoop:
@@ -144,8 +176,17 @@ class NodeLoop:
         handle_signals: bool = True,
         context: zmq.Context | None = None,
         report: Any = None,
+        replay_max_messages: int = REPLAY_MAX_MESSAGES,
+        replay_max_bytes: int = REPLAY_MAX_BYTES,
+        is_restart: bool = False,
     ) -> None:
         self.name = name
+        self.replay_max_messages = replay_max_messages
+        self.replay_max_bytes = replay_max_bytes
+        self.is_restart = is_restart  # respawned: lossless inputs are counted from the first seq seen
+        self.epoch = time.time_ns() // 1000  # this incarnation, in every header
+        self._reconnect_providers: dict[str, Callable[[], Any]] = {}
+        self._input_end_handlers: list[Callable[[str], Any]] = []
         self.endpoints = parse_endpoints(endpoints)
         self.poll_ms = poll_ms
         self.heartbeat_s = heartbeat_s
@@ -219,6 +260,7 @@ class NodeLoop:
         while True:
             for out in pending:
                 self._read_monitor(out)
+            self._replay_pending()  # a receiver respawned while this node waits for it to finish
             pending = [out for out in pending if out.peers > 0 or not out.was_connected]
             if not pending or self._stop or time.monotonic() >= deadline:
                 break
@@ -243,9 +285,12 @@ class NodeLoop:
                 return
             if event in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
                 out.peers += 1
+                out.needs_replay = out.needs_replay or out.lost_peer  # a receiver came back: it gets the replay
+                out.lost_peer = False
                 out.was_connected = True
             elif event == zmq.EVENT_DISCONNECTED:
                 out.peers = max(out.peers - 1, 0)
+                out.lost_peer = True
 
     def _close(self) -> None:
         if self._context is None:
@@ -316,6 +361,18 @@ class NodeLoop:
             )
         self._snapshots[edge] = snapshot
 
+    def on_reconnect(self, edge: str, provider: Callable[[], Any]) -> None:
+        """On a lossless output: when its receiver reconnects after a disconnect (it was restarted), send
+        `provider()` (a message or iterable) instead of replaying the buffer; nothing is buffered on that edge."""
+        if self._output(edge).monitor is None:
+            raise ConfigError(f"node {self.name!r}: on_reconnect needs a lossless output edge; {edge!r} is not one")
+        self._reconnect_providers[edge] = provider
+
+    def on_input_end(self, handler: Callable[[str], Any]) -> None:
+        """Call `handler(edge)` when every upstream has ended an input, before it is closed (which releases the
+        senders' replay buffers): persist what the input brought here."""
+        self._input_end_handlers.append(handler)
+
     # ------------------------------------------------------------------ sending
     def send(self, msg: Any, edge: str | None = None, *, track: bool = False) -> Any:
         """Send `msg` on `edge`, or on every output carrying its topic. Returns True (or a MessageTracker with
@@ -336,8 +393,17 @@ class NodeLoop:
             result = sent if (len(edges) == 1 and sent is not False) else (result and sent is not False)
         return result
 
-    def _send_on(self, out: _Output, msg: Any, topic: str, *, track: bool = False, block: bool | None = None) -> Any:
-        frames = encode(msg, out.seq, node=self.name)
+    def _send_on(
+        self,
+        out: _Output,
+        msg: Any,
+        topic: str,
+        *,
+        track: bool = False,
+        block: bool | None = None,
+        resend: bool = False,
+    ) -> Any:
+        frames = encode(msg, out.seq, node=self.name, epoch=self.epoch)
         kind = out.endpoint.kind
         is_data = topic not in ("heartbeat", "end_of_stream")
         if block is None:
@@ -351,11 +417,54 @@ class NodeLoop:
             if is_data:
                 self.counters["dropped.unsent"] += 1
             return False
+        if out.monitor is not None and out.endpoint.edge not in self._reconnect_providers:
+            self._remember(out, frames)
         out.seq += 1
         if is_data:
             out.num_sent += 1
-            self.counters[f"sent.{topic}"] += 1
+            self.counters[f"{'resent' if resend else 'sent'}.{topic}"] += 1
         return sent
+
+    def _remember(self, out: _Output, frames: list[Any]) -> None:
+        """Keep a sent message (by reference: arrays are never mutated after sending) for a replay."""
+        size = sum(memoryview(f).nbytes for f in frames)
+        out.replay.append((out.seq, frames, size))
+        out.replay_bytes += size
+        while out.replay and (len(out.replay) > self.replay_max_messages or out.replay_bytes > self.replay_max_bytes):
+            out.replay_bytes -= out.replay.popleft()[2]
+            self.counters[f"replay_evicted.{out.endpoint.edge}"] += 1
+
+    def _replay_pending(self) -> None:
+        """Outputs whose receiver reconnected: send the provider's messages, or the buffer again (same seqs)."""
+        for out in self._outputs.values():
+            if not out.needs_replay or out.is_sending:
+                continue
+            out.needs_replay = False
+            edge = out.endpoint.edge
+            self.counters[f"reconnects.{edge}"] += 1
+            provider = self._reconnect_providers.get(edge)
+            if provider is not None:
+                result = provider()
+                items = [] if result is None else [result] if hasattr(type(result), "TOPIC") else list(result)
+                for item in items:
+                    self._send_on(out, item, message_type(item).topic, resend=True)
+                log.info("%s: receiver of %r reconnected; resent %d message(s)", self.name, edge, len(items))
+                continue
+            entries = list(out.replay)
+            for _, frames, _ in entries:
+                out.is_sending = True
+                try:
+                    sent = self._send_frames(out, frames, block=not self._stop, track=False)
+                finally:
+                    out.is_sending = False
+                if sent is False:
+                    break
+                self.counters[f"replayed.{edge}"] += 1
+            first = entries[0][0] if entries else out.seq
+            log.info(
+                "%s: receiver of %r reconnected; replayed %d message(s) from seq %d",
+                self.name, edge, self.counters[f"replayed.{edge}"], first,
+            )  # fmt: skip
 
     def _send_frames(self, out: _Output, frames: list[Any], *, block: bool, track: bool) -> Any:
         sock = out.socket
@@ -422,6 +531,7 @@ class NodeLoop:
     def poll_once(self, timeout_ms: int | None = None) -> int:
         """Wait up to `timeout_ms` (default poll_ms) and serve what arrived; returns the number of messages handled."""
         events = dict(self._poller.poll(self.poll_ms if timeout_ms is None else timeout_ms))
+        self._replay_pending()
         handled = 0
         for sock in events:
             direction, edge = self._socket_role[sock]
@@ -501,6 +611,8 @@ class NodeLoop:
             self.counters[f"from_unknown.{inp.endpoint.edge}"] += 1
             self._warn(f"from_unknown.{inp.endpoint.edge}", f"{topic} from {src[:40]!r}, not an upstream; served")
             up = _Upstream()  # served, but kept out of the sequence accounting
+        elif inp.endpoint.kind == "lossless" and self._seen_before(inp, up, header, msg):
+            return
         if up.last_seq is not None and header["seq"] > up.last_seq + 1:
             missing = header["seq"] - up.last_seq - 1
             up.gaps += missing
@@ -509,7 +621,7 @@ class NodeLoop:
                 self._warn(
                     f"gap.{inp.endpoint.edge}", f"{missing} message(s) from {src!r} missing before seq {header['seq']}"
                 )
-        up.last_seq = header["seq"]
+        up.last_seq = header["seq"] if up.last_seq is None else max(up.last_seq, header["seq"])  # replays come late
         if stale:  # superseded by a newer frame in the same queue (latest-wins)
             up.stale += 1
             self.counters["dropped.stale"] += 1
@@ -546,6 +658,8 @@ class NodeLoop:
         inp.ended_by.add(src)
         edge, kind = inp.endpoint.edge, inp.endpoint.kind
         missing = eos.num_sent - up.received
+        if up.joined_at is not None and up.eos_seq is not None:  # restarted without state: from the first seq seen
+            missing = (up.eos_seq - up.joined_at) - (up.num_seen - 1)
         if kind == "lossless":
             self.counters[f"lost.{edge}"] += max(missing, 0)
             if missing:
@@ -565,8 +679,109 @@ class NodeLoop:
                 kind,
             )
 
+    def _seen_before(self, inp: _Input, up: _Upstream, header: dict[str, Any], msg: Any) -> bool:
+        """At-least-once bookkeeping of one lossless message: True if (epoch, seq) was seen (a replay: counted
+        `dropped.duplicate`, not handled); a new sender epoch starts a new accounting; a hole refilled by a
+        replay leaves `gaps`."""
+        edge, seq, epoch = inp.endpoint.edge, header["seq"], header.get("epoch", 0)
+        if up.epoch is None or up.epoch != epoch:
+            if up.epoch is not None:  # the sender was restarted: its seq starts again
+                self.counters[f"upstream_restarts.{edge}"] += 1
+                log.info("%s: %r restarted on %r; a new sequence from seq %d", self.name, header["node"], edge, seq)
+                up.received_before += up.received
+                up.received, up.gaps, up.num_sent = 0, 0, None
+                up.restarts += 1
+                inp.ended_by.discard(header["node"])
+                up.below, up.ahead, up.num_seen, up.joined_at, up.eos_seq = 0, set(), 0, None, None
+                up.last_seq = -1
+            elif self.is_restart and up.num_seen == 0 and seq > 0:  # what came before went to the last incarnation
+                up.below, up.joined_at, up.last_seq = seq, seq, seq - 1
+                self.counters[f"joined_at_seq.{edge}"] = seq
+            up.epoch = epoch
+        if seq < up.below or seq in up.ahead:
+            self.counters["dropped.duplicate"] += 1
+            return True
+        if up.last_seq is not None and seq < up.last_seq:  # fills a hole counted as a gap when it opened
+            up.gaps = max(up.gaps - 1, 0)
+            self.counters[f"gaps.{edge}"] = max(self.counters[f"gaps.{edge}"] - 1, 0)
+        up.num_seen += 1
+        if isinstance(msg, EndOfStream):
+            up.eos_seq = seq
+        up.ahead.add(seq)
+        while up.below in up.ahead:
+            up.ahead.remove(up.below)
+            up.below += 1
+        if len(up.ahead) > MAX_AHEAD:  # a hole that never filled: give it up (it stays counted in gaps)
+            up.below = min(up.ahead)
+            while up.below in up.ahead:
+                up.ahead.remove(up.below)
+                up.below += 1
+        return False
+
+    def export_input_state(self) -> dict[str, Any]:
+        """The lossless inputs' accounting (JSON-able), to persist with the state built from them."""
+        state: dict[str, Any] = {}
+        for edge, inp in self._inputs.items():
+            if inp.endpoint.kind != "lossless":
+                continue
+            state[edge] = {
+                "ended_by": sorted(inp.ended_by),
+                "upstreams": {
+                    src: {
+                        "epoch": up.epoch,
+                        "below": up.below,
+                        "ahead": sorted(up.ahead),
+                        "num_seen": up.num_seen,
+                        "received": up.received,
+                        "received_before": up.received_before,
+                        "last_seq": up.last_seq,
+                        "gaps": up.gaps,
+                        "num_sent": up.num_sent,
+                        "restarts": up.restarts,
+                    }
+                    for src, up in inp.upstreams.items()
+                },
+            }
+        return state
+
+    def import_input_state(self, state: dict[str, Any]) -> None:
+        """Restore `export_input_state()` (a respawned node reloading its persisted state): replays of what it
+        covers are dropped as duplicates, and an input that had ended is closed at once."""
+        for edge, saved in state.items():
+            inp = self._inputs.get(edge)
+            if inp is None or inp.is_closed:
+                continue
+            for src, data in saved["upstreams"].items():
+                up = _Upstream(
+                    received=data["received"],
+                    last_seq=data["last_seq"],
+                    gaps=data["gaps"],
+                    num_sent=data["num_sent"],
+                    epoch=data["epoch"],
+                    below=data["below"],
+                    ahead=set(data["ahead"]),
+                    num_seen=data["num_seen"],
+                    received_before=data["received_before"],
+                    restarts=data["restarts"],
+                )
+                inp.upstreams[src] = up
+            inp.ended_by = set(saved["ended_by"])
+            if inp.ended:
+                self._poller.unregister(inp.socket)
+                del self._socket_role[inp.socket]
+                inp.socket.close(linger=0)
+                inp.is_closed = True
+        if self._inputs and all(i.ended for i in self._inputs.values()) and not self._finished:
+            self._finish()
+
     def _close_input(self, inp: _Input) -> None:
         """Every upstream has ended this input: close it now, so the senders' close sees the disconnect."""
+        for handler in self._input_end_handlers:
+            try:
+                handler(inp.endpoint.edge)
+            except Exception:  # the input must still close, or its senders wait for ever
+                self.counters["input_end_failed"] += 1
+                log.exception("%s: input-end handler for %r failed", self.name, inp.endpoint.edge)
         self._poller.unregister(inp.socket)
         del self._socket_role[inp.socket]
         inp.socket.close(linger=0)
@@ -686,6 +901,15 @@ class NodeLoop:
                         "seq_gaps": up.gaps,
                         "stale": up.stale,
                     }
+                    | (  # at-least-once: only when a restart happened on either side
+                        {
+                            "sender_restarts": up.restarts,
+                            "received_before_restart": up.received_before,
+                            "joined_at_seq": up.joined_at,
+                        }
+                        if up.restarts or up.joined_at is not None
+                        else {}
+                    )
                     for src, up in inp.upstreams.items()
                 },
             }
