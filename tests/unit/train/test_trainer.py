@@ -212,3 +212,15 @@ def test_curve_table_reads_the_training_log(tmp_path, capsys):
     assert main([str(log), "--every", "100"]) == 0
     out = capsys.readouterr().out
     assert "| step | lr | corr_ratio |" in out and "| 200 | 0.001 | 0.8 |" in out and "| 50 |" not in out
+
+
+def test_pick_scores_the_shipped_weights(capsys):
+    from pathlib import Path
+
+    import spark3r_stream.models
+    from spark3r_stream.train import pick
+
+    weights = str(Path(spark3r_stream.models.__file__).parent / "weights" / "vggt-tiny.safetensors")
+    assert pick.main([weights, "--pairs", "2", "--sequences", "1", "--frames", "4"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert row[1].strip() == weights and all(float(cell) > 0 for cell in row[2:-1])

@@ -1,0 +1,62 @@
+"""Score candidate vggt-tiny weights on held-out data, to pick the checkpoint to ship (`spark3r train --ship FILE`).
+
+Per file: the two-view pair probe (rotation error over the identity guess's, translation direction) and 16-frame
+handheld and orbit sequences (ATE / extent, relative rotation, depth AbsRel), all on seeds never rendered in training.
+Pause training first: this takes the CPU for a few minutes per file.
+
+    python -m spark3r_stream.train.pick spark3r_stream/models/weights/vggt-tiny.safetensors checkpoints/vggt-tiny/weights_005500.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from spark3r_stream.eval.model_eval import evaluate_model, held_out_pair_errors, held_out_sequences
+
+
+def score(weights: str, num_pairs: int, num_sequences: int, num_frames: int) -> dict[str, float | str]:
+    from spark3r_stream.models.loading import load_model
+
+    model = load_model("vggt-tiny", weights=weights)
+    pairs = held_out_pair_errors(model, num_pairs=num_pairs)
+    rows = [
+        evaluate_model(model, sequence)
+        for path in ("handheld", "orbit")
+        for sequence in held_out_sequences(num_sequences, num_frames, size=model.config.img_size, path=path)
+    ]
+    return {
+        "weights": weights,
+        "pair_rotation_ratio": pairs["rotation_error_deg"] / pairs["identity_rotation_error_deg"],
+        "pair_direction_deg": pairs["translation_direction_error_deg"],
+        **{key: float(np.mean([row[key] for row in rows])) for key in _SEQUENCE_KEYS},
+    }
+
+
+_SEQUENCE_KEYS = ("ate_over_extent", "mean_relative_rotation_error_deg", "depth_abs_rel_median")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spark3r_stream.train.pick", description=__doc__.split("\n")[0])
+    parser.add_argument("weights", nargs="+", help="safetensors files (the shipped one first, for reference)")
+    parser.add_argument("--pairs", type=int, default=160)
+    parser.add_argument("--sequences", type=int, default=4, help="held-out sequences per camera path")
+    parser.add_argument("--frames", type=int, default=16)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    print("| weights | pairs: rotation / identity | pairs: direction (°) | ATE / extent | rotation (°) | AbsRel |")
+    print("|---|---|---|---|---|---|")
+    for weights in args.weights:
+        row = score(weights, args.pairs, args.sequences, args.frames)
+        print(
+            f"| {weights} | {row['pair_rotation_ratio']:.3f} | {row['pair_direction_deg']:.1f} | "
+            f"{row['ate_over_extent']:.3f} | {row['mean_relative_rotation_error_deg']:.2f} | "
+            f"{row['depth_abs_rel_median']:.3f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
