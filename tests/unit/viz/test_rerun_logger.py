@@ -81,6 +81,25 @@ def test_rrd_saved_and_read_back(tmp_path):
     assert len(RrdReader(rrd).blueprints()) == 1  # the default layout travels with the file
 
 
+def test_a_pose_graph_correction_moves_transforms_not_points(tmp_path):
+    rrd = tmp_path / "recording.rrd"
+    logger = MapLogger.open(RerunConfig(rrd_path=rrd, fused_map_every=100))
+    global_map = _map()
+    global_map.integrate_window(0, **_window([0, 1, 2], dense=[0, 1, 2]))
+    logger.sync(global_map, frame_seq=10, capture_time=1.0)
+    moved = se3_matrix(np.eye(3), [1.0, 0.0, 0.0])
+    global_map.set_poses({2: moved}, points_scales={2: 1.5})  # what a loop closure does to keyframe 2
+    assert logger.sync(global_map, frame_seq=11, capture_time=1.1) == {
+        "transforms": 1, "points": 0, "cameras": 0, "fused_maps": 0, "depths": 0,
+    }  # fmt: skip
+    points, _ = global_map.keyframe_points(2)
+    world, _ = global_map.world_points()
+    np.testing.assert_allclose(world[-len(points) :], 1.5 * points + [1.0, 0.0, 0.0], atol=1e-6)
+    logger.finish(global_map, frame_seq=11, capture_time=1.1)
+    transforms, positions, _ = _rows_per_entity(rrd)
+    assert transforms["/world/keyframes/000002"] == 2 and positions["/world/keyframes/000002/points"] == 1
+
+
 def test_memory_recording_holds_the_data(tmp_path):
     logger = MapLogger.open(RerunConfig(memory=True, fused_map_every=1, jpeg_quality=None))
     global_map = _map()
