@@ -22,6 +22,8 @@ class Prediction:
     Shapes: world_from_cam [S,4,4] float64 camera-to-world (OpenCV axes: x right, y down, z forward);
     intrinsics [S,3,3] in network-input pixels; depth / depth_conf [S',H,W]; world_points [S',H,W,3];
     points_conf [S',H,W]. S' = len(dense_frames): the frames whose dense outputs were decoded (default all).
+    With query points (VGGT's track head): tracks [S,N,2] pixels (x = column, y = row) of the network input, frame 0
+    = the queries; track_vis / track_conf [S,N] probabilities in (0, 1).
     """
 
     model: str
@@ -35,6 +37,9 @@ class Prediction:
     dense_frames: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    tracks: np.ndarray | None = None
+    track_vis: np.ndarray | None = None
+    track_conf: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -162,6 +167,7 @@ def predict(
     *,
     dense_frames: torch.Tensor | None = None,
     patch_tokens: torch.Tensor | None = None,
+    query_points: torch.Tensor | np.ndarray | None = None,
 ) -> Prediction:
     """Run `model` on one scene.
 
@@ -169,11 +175,19 @@ def predict(
         images: [S, 3, H, W] in [0, 1] (moved to the model's device).
         dense_frames: frames whose depth/points to decode (default all); cameras are always predicted for all.
         patch_tokens: cached encoder outputs [1, S, h*w, C] (growing windows).
+        query_points: [N, 2] pixels (x = column, y = row) in frame 0 of `images`: tracks them through every frame
+            with VGGT's track head (`Prediction.tracks`, `track_vis`, `track_conf`); a model without one refuses.
     """
     device = next(model.parameters()).device
     images = images.to(device)
     if images.dim() != 4:
         raise ValueError(f"predict expects images [S, 3, H, W], got shape {tuple(images.shape)}")
+    if query_points is not None:
+        if getattr(model, "track_head", None) is None:
+            raise ValueError(f"predict query_points: model {model.spec.name!r} has no track head to track them")
+        query_points = torch.as_tensor(query_points, dtype=torch.float32, device=device)
+        if query_points.dim() != 2 or query_points.shape[-1] != 2:
+            raise ValueError(f"predict query_points: expected [N, 2] pixels, got shape {tuple(query_points.shape)}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     with torch.inference_mode(), autocast_for(device):
@@ -182,6 +196,8 @@ def predict(
             kwargs["dense_frames"] = dense_frames.to(device)
         if patch_tokens is not None:
             kwargs["patch_tokens"] = patch_tokens.to(device)
+        if query_points is not None:
+            kwargs["query_points"] = query_points[None]
         out = model(images, **kwargs)
         sync()
     forward_ms = (time.perf_counter() - start) * 1e3
@@ -193,6 +209,9 @@ def predict(
     plan = getattr(model, "last_reduction_plan", None)
     if plan is not None:
         metadata["reduction_plan"] = plan
+    tracks = {}
+    if query_points is not None:
+        tracks = {"tracks": _np(out["track"][0]), "track_vis": _np(out["vis"][0]), "track_conf": _np(out["conf"][0])}
     return Prediction(
         model=model.spec.name,
         image_hw=image_hw,
@@ -200,4 +219,5 @@ def predict(
         timings_ms={"forward": round(forward_ms, 3)},
         metadata=metadata,
         **fields,
+        **tracks,
     )

@@ -56,6 +56,16 @@ class VGGTConfig:
     enable_depth: bool = True
     enable_point: bool = True
     enable_track: bool = True
+    # track head (official TrackHead defaults; its feature extractor is a DPT with its own channels and layers)
+    track_features: int = 128
+    track_iters: int = 4
+    track_stride: int = 2
+    track_corr_levels: int = 7
+    track_corr_radius: int = 4
+    track_hidden_size: int = 384
+    track_depth: int = 6  # update-transformer depth (time and space)
+    track_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+    track_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
 
     @property
     def num_special_tokens(self) -> int:
@@ -107,6 +117,27 @@ def config_from_official(cfg: dict) -> VGGTConfig:
         enable_depth=top["enable_depth"],
         enable_point=top["enable_point"],
         enable_track=top["enable_track"],
+        **_track_config_from_official(cfg),
+    )
+
+
+def _track_config_from_official(cfg: dict) -> dict:
+    """VGGTConfig track fields from the fixture's `track_head` / `track_feature_extractor` / `tracker` entries."""
+    if not cfg.get("track_head"):  # vggt_tiny records `track_head: null` (enable_track=False)
+        return {}
+    head, extractor, tracker = cfg["track_head"], cfg["track_feature_extractor"], cfg["tracker"]
+    if not head.get("predict_conf", True):
+        raise ConfigError("official VGGT config: a track head without confidence (predict_conf=False) is not built")
+    return dict(
+        track_features=head["features"],
+        track_iters=head["iters"],
+        track_stride=head["stride"],
+        track_corr_levels=head["corr_levels"],
+        track_corr_radius=head["corr_radius"],
+        track_hidden_size=head["hidden_size"],
+        track_depth=tracker["depth"],
+        track_out_channels=tuple(extractor["out_channels"]),
+        track_layers=tuple(extractor["intermediate_layer_idx"]),
     )
 
 
@@ -230,12 +261,30 @@ class VGGT(nn.Module):
         )
         self.point_head = DPTHead(dim_in, output_dim=4, activation="inv_log", **dpt_kw) if cfg.enable_point else None
         self.depth_head = DPTHead(dim_in, output_dim=2, activation="exp", **dpt_kw) if cfg.enable_depth else None
-        self.track_head = TrackHead(dim_in, patch_size=cfg.patch_size, **kw) if cfg.enable_track else None
+        self.track_head = (
+            TrackHead(
+                dim_in,
+                patch_size=cfg.patch_size,
+                features=cfg.track_features,
+                iters=cfg.track_iters,
+                stride=cfg.track_stride,
+                corr_levels=cfg.track_corr_levels,
+                corr_radius=cfg.track_corr_radius,
+                hidden_size=cfg.track_hidden_size,
+                depth=cfg.track_depth,
+                out_channels=cfg.track_out_channels,
+                intermediate_layer_idx=cfg.track_layers,
+                **kw,
+            )  # fmt: skip
+            if cfg.enable_track
+            else None
+        )
 
     @property
     def head_layers(self) -> set[int]:
         """Aggregator layers the heads read (VGGT-1B: 4, 11, 17, 23): the only ones kept in memory."""
-        return set(self.config.dpt_layers) | {self.config.depth - 1}
+        layers = set(self.config.dpt_layers) | {self.config.depth - 1}
+        return layers | set(self.config.track_layers) if self.track_head is not None else layers
 
     def forward(
         self,
@@ -245,6 +294,8 @@ class VGGT(nn.Module):
         dense_frames: torch.Tensor | None = None,
         return_all_layers: bool = False,
         return_tokens: bool = False,
+        query_points: torch.Tensor | None = None,
+        track_taps: dict | None = None,
     ) -> dict:
         """Official VGGT outputs.
 
@@ -254,16 +305,29 @@ class VGGT(nn.Module):
             dense_frames: frames whose depth/points are decoded (default all); the camera head always sees all.
             return_all_layers: keep every aggregator layer, returned as `aggregator_tokens` (debugging, parity).
             return_tokens: return the kept aggregator layers as `aggregator_tokens` (training auxiliaries).
+            query_points: [N, 2] or [B, N, 2] pixels (x = column, y = row) in frame 0: runs the track head.
+            track_taps: a dict that receives the track head's intermediates (parity debugging).
 
         Returns (S' = the decoded frames, all S by default), each head's keys only when the head is enabled:
             pose_enc [B, S, 9] (translation, quaternion xyzw, FoV h/w; camera-from-world of the last refinement),
             pose_enc_list: the 4 refinement iterations' pose_enc,
             depth [B, S', H, W, 1], depth_conf [B, S', H, W],
             world_points [B, S', H, W, 3] (in frame 0's camera frame), world_points_conf [B, S', H, W],
-            images [B, S, 3, H, W] in eval mode, aggregator_tokens (list over layers of [B, S, P, 2C] or None).
+            images [B, S, 3, H, W] in eval mode, aggregator_tokens (list over layers of [B, S, P, 2C] or None);
+            with query_points: track_list (each iteration's [B, S, N, 2]), track [B, S, N, 2] (input pixels; frame 0
+            is the query), vis [B, S, N], conf [B, S, N] (probabilities).
         """
         if images.dim() == 4:
             images = images.unsqueeze(0)
+        if query_points is not None:
+            if self.track_head is None:
+                raise ValueError("VGGT query_points: this model has no track head (built with enable_track=False)")
+            if query_points.dim() == 2:
+                query_points = query_points.unsqueeze(0)
+            if query_points.dim() != 3 or query_points.shape[-1] != 2 or len(query_points) != len(images):
+                raise ValueError(
+                    f"VGGT query_points: expected [N, 2] or [B={len(images)}, N, 2] pixels, got {tuple(query_points.shape)}"
+                )
         tokens, patch_start_idx = self.aggregator(
             images, patch_tokens=patch_tokens, keep_layers=None if return_all_layers else self.head_layers
         )
@@ -284,6 +348,12 @@ class VGGT(nn.Module):
                 predictions["world_points"], predictions["world_points_conf"] = self.point_head(
                     tokens, image_hw, patch_start_idx, frames=dense_frames
                 )
+        if query_points is not None:
+            # official: the track head runs outside the float32 block, i.e. under the caller's autocast
+            track_list, vis, conf = self.track_head(
+                tokens, image_hw, patch_start_idx, query_points.float(), taps=track_taps
+            )
+            predictions.update(track_list=track_list, track=track_list[-1], vis=vis, conf=conf)
         if not self.training:
             predictions["images"] = images
         if return_all_layers or return_tokens:
