@@ -1,6 +1,7 @@
 """Reconstruction node: keyframes + window requests -> window results (the backbone on growing windows).
 
-Params: ReconstructionConfig (model, weights, spark3r, encoder_cache, refresh_budget, device, num_threads).
+Params: ReconstructionConfig (model, weights, spark3r, encoder_cache, refresh_budget, device, num_threads, requests:
+"every" runs each window request in order, "latest" lets a newer one supersede a request waiting on a busy backbone).
 Keyframes are stored once and forgotten when they leave the window; if the results edge also carries the
 `keyframe` topic (configs/pipeline.yaml), each keyframe is forwarded once so fusion has its image and timestamp.
 """
@@ -22,7 +23,7 @@ def body(ctx: NodeContext) -> int:
     from spark3r_stream.report import StageTimer
     from spark3r_stream.stream.pipeline import ReconstructionStep
     from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
-    from spark3r_stream.transport import Keyframe, WindowRequest
+    from spark3r_stream.transport import Keyframe, WindowRequest, WindowResult
 
     config = ctx.config(ReconstructionConfig)
     forwards = any("keyframe" in ep.get("topics", ()) for ep in ctx.endpoints if ep["direction"] == "out")
@@ -37,9 +38,29 @@ def body(ctx: NodeContext) -> int:
             step.on_keyframe(keyframe)
             return keyframe if forwards else None
 
-        # once stopping, NodeLoop hands out no further request: no model run starts on a queued one
+        reconstruct = timer.wrap("reconstruct_window", lambda _request: step.run_pending())
+
+        def run_newest() -> WindowResult | None:
+            return None if step.pending is None else reconstruct(step.pending)
+
+        def run_last() -> WindowResult | None:  # end of stream: the last request still runs
+            try:
+                return run_newest()
+            except Exception:  # the run's failure must not keep end-of-stream from going downstream
+                step.counters["dropped.handler_failed"] += 1
+                log.exception("%s: the last window run failed", ctx.name)
+                return None
+
+        # requests "latest": a request waits until the input queue is empty and a newer one supersedes it (never a
+        # keyframe: ReconstructionStep.offer); once stopping, NodeLoop hands out no further request and runs no idle
+        # handler: no model run starts on a queued one
         loop.on(Keyframe, timer.wrap("store_keyframe", on_keyframe))
-        loop.on(WindowRequest, timer.wrap("reconstruct_window", step.on_request))
+        if config.requests == "latest":
+            loop.on(WindowRequest, step.offer)
+            loop.on_idle(run_newest)
+            loop.on_end(run_last)
+        else:  # every request in order (a lossless replay: the single-process run's map)
+            loop.on(WindowRequest, timer.wrap("reconstruct_window", step.on_request))
         try:
             loop.run()
         finally:

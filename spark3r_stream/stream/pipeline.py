@@ -32,6 +32,8 @@ from spark3r_stream.viz.config import RerunConfig
 
 log = logging.getLogger(__name__)
 
+MAX_TIMELINE = 100_000  # per-keyframe wall times and per-run rows kept for the report (bench_streaming's lag)
+
 
 @dataclass(frozen=True, kw_only=True)
 class KeyframesConfig:
@@ -68,6 +70,7 @@ class KeyframeStep:
         self.selector = KeyframeSelector(config.selector)
         self.scheduler = WindowScheduler(config.windows)
         self.tracker = KeyframeTracker(config.tracks)
+        self.selected_s: list[tuple[int, float]] = []  # (keyframe_id, wall time of its selection), MAX_TIMELINE at most
 
     def on_frame(self, frame: Frame) -> list[FrameRecord | Keyframe | WindowRequest]:
         chosen = self.selector.offer(frame.frame_seq, frame.t_capture, frame.image)
@@ -79,6 +82,8 @@ class KeyframeStep:
         )
         if chosen is None:
             return [record]
+        if len(self.selected_s) < MAX_TIMELINE:
+            self.selected_s.append((chosen.keyframe_id, round(time.time(), 4)))
         tracks = self.tracker.add(frame.image)  # at the source's resolution
         keyframe = Keyframe(
             keyframe_id=chosen.keyframe_id,
@@ -102,6 +107,7 @@ class KeyframeStep:
             "frames": dict(self.selector.counts),
             "windows": {"num_runs": self.scheduler.num_runs},
             "tracks": {"started": self.tracker.next_id},
+            "keyframe_selected_s": self.selected_s,
         }
 
     @staticmethod
@@ -114,6 +120,15 @@ class ReconstructionStep:
 
     Keyframes are stored once and forgotten when they leave the window. A request naming keyframes that are not
     stored (sent before a restart of the reconstruction node) runs on the ones that are, and counts the rest.
+
+    Two ways to take requests: `on_request` runs each one at once (the single-process `Pipeline`: every request, in
+    order); the node `offer`s them and calls `run_pending` whenever its input queue is empty, so a request that a
+    newer one reaches before its run starts is superseded (latest-wins on requests, never on keyframes: every keyframe
+    is still stored, and the superseding run also holds the superseded request's keyframes that no run has posed,
+    with anchors fusion can align on). Runs then follow each other back to back and each takes every keyframe that
+    arrived during the previous one: the re-run cadence adapts to the run time, and keyframe lag stays bounded by
+    about two run times whatever the window size. The dense heads still decode only the never-decoded keyframes plus
+    the refresh budget (WindowReconstructor.dense_selection).
     """
 
     def __init__(self, reconstructor: Any, name: str = "reconstruction") -> None:
@@ -121,26 +136,80 @@ class ReconstructionStep:
         self.name = name  # in the log lines
         self.counters: Counter[str] = Counter()
         self.plans: list[Any] = []
+        self.pending: WindowRequest | None = None  # the next run (streaming); `offer` replaces or merges it
+        self._num_superseded = 0  # requests the pending one superseded
+        self._posed: set[int] = set()  # stored keyframes that a finished run held
+        self.runs: list[dict[str, Any]] = []  # one row per run, the newest MAX_TIMELINE (bench_streaming reads them)
+        self.first_pose_s: dict[int, float] = {}  # keyframe_id -> wall time (time.time()) of its first run's end
 
     def on_keyframe(self, keyframe: Keyframe) -> None:
         self.reconstructor.add_keyframe(keyframe.keyframe_id, keyframe.image)
+
+    def offer(self, request: WindowRequest) -> None:
+        """Keep `request` as the next run; a pending older request is superseded by it (counted
+        `superseded.window_request`), its keyframes that no run has posed joining the newer one."""
+        if self.pending is not None:
+            self.counters["superseded.window_request"] += 1
+            self._num_superseded += 1
+            request = self.merge(self.pending, request)
+        self.pending = request
+
+    def run_pending(self) -> WindowResult | None:
+        """Run the pending request, if any (the node calls this whenever its input queue is empty, and at the end)."""
+        request, self.pending = self.pending, None
+        return None if request is None else self.on_request(request)
+
+    def merge(self, older: WindowRequest, newer: WindowRequest) -> WindowRequest:
+        """The run that replaces `older` and `newer`: `newer`, plus `older`'s keyframes that no run has posed, plus
+        `older`'s newest posed keyframes where the run would otherwise hold fewer posed ones than `newer` shares with
+        `older` (fusion aligns the run on them, as on a new window's overlap). Within one growing window this is
+        `newer` itself; across a window boundary the run may exceed max_window by those keyframes."""
+        newer_ids = set(newer.keyframe_ids)
+        ids = newer_ids.union(k for k in older.keyframe_ids if k not in self._posed)
+        wanted = max(len(newer_ids.intersection(older.keyframe_ids)), 1) - len(ids & self._posed)
+        if wanted > 0:
+            ids.update([k for k in older.keyframe_ids if k in self._posed and k not in ids][-wanted:])
+        if ids == newer_ids:
+            return newer
+        return WindowRequest(window_id=newer.window_id, keyframe_ids=tuple(sorted(ids)))
 
     def on_request(self, request: WindowRequest) -> WindowResult | None:
         ids = tuple(k for k in request.keyframe_ids if k in self.reconstructor.images)
         if len(ids) < len(request.keyframe_ids):
             self.counters["dropped.missing_keyframes"] += len(request.keyframe_ids) - len(ids)
+        superseded, self._num_superseded = self._num_superseded, 0
         if not ids:
             self.counters["dropped.empty_window"] += 1
             return None
+        t_start = time.time()
         output = self.reconstructor.run(request.window_id, ids)
-        self.reconstructor.forget(set(ids))  # a later run only holds these or newer keyframes: memory ~ window
+        t_end = time.time()
+        # a later run only holds these or newer keyframes (stored already when runs are deferred): memory ~ window
+        self.reconstructor.forget(set(ids) | {k for k in self.reconstructor.images if k > ids[-1]})
+        new = [k for k in ids if k not in self._posed]
+        self._posed = {k for k in self._posed | set(ids) if k in self.reconstructor.images}
+        if len(self.first_pose_s) < MAX_TIMELINE:
+            self.first_pose_s.update((k, round(t_end, 4)) for k in new)
+        self.runs = self.runs[-(MAX_TIMELINE - 1) :] + [
+            {
+                "window_id": request.window_id,
+                "num_keyframes": len(ids),
+                "num_new": len(new),
+                "num_dense": len(output.dense_keyframe_ids),
+                "superseded": superseded,
+                "t_start_s": round(t_start, 4),
+                "run_ms": round((t_end - t_start) * 1e3, 1),
+            }
+        ]
         self.plans.append(output.plan)
         log.info(
-            "%s: window %d, %d keyframes (%d dense) in %.0f ms",
+            "%s: window %d, %d keyframes (%d new, %d dense, %d request(s) superseded) in %.0f ms",
             self.name,
             output.window_id,
             len(ids),
+            len(new),
             len(output.dense_keyframe_ids),
+            superseded,
             output.timings.get("forward_ms", 0.0),
         )
         return WindowResult(**dataclasses.asdict(output))
@@ -150,6 +219,8 @@ class ReconstructionStep:
             "encoder_cache": dict(self.reconstructor.stats),
             "reduction_plans": self.plans[-3:],
             "num_runs": self.reconstructor.num_runs,
+            "runs": self.runs,
+            "keyframe_first_pose_s": sorted(self.first_pose_s.items()),
         }
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,11 @@ class ReconstructionConfig:
     encoder_cache: bool = True
     refresh_budget: int = 2  # older keyframes whose depth is re-decoded per run (oldest decode first)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    # Window requests in the node: "every" runs each one in order (a lossless replay as fast as the pipeline takes
+    # it: reproducible, the single-process run's map); "latest" lets a newer request supersede one still waiting while
+    # the backbone is busy (paced or live streams: keyframe lag bounded whatever the run time; every keyframe is still
+    # stored and posed, see stream.pipeline.ReconstructionStep).
+    requests: Literal["every", "latest"] = "every"
     # A keyframe arrives at model resolution (<= 518 x 518 for every preset); anything far beyond that, or more
     # stored keyframes than any window holds, is refused before it is stored (issue 15: no message takes the memory).
     max_keyframe_pixels: int = 1_000_000
@@ -45,6 +50,7 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         check_field(self, "refresh_budget", self.refresh_budget >= 0, "int >= 0")
+        check_field(self, "requests", self.requests in ("every", "latest"), "'every' or 'latest'")
         check_field(self, "max_keyframe_pixels", self.max_keyframe_pixels >= 64, "int >= 64")
         check_field(self, "max_stored_keyframes", self.max_stored_keyframes >= 1, "int >= 1")
         if self.spark3r is True or (self.spark3r_config and self.spark3r not in (None, False)):

@@ -187,6 +187,7 @@ class NodeLoop:
         self.epoch = time.time_ns() // 1000  # this incarnation, in every header
         self._reconnect_providers: dict[str, Callable[[], Any]] = {}
         self._input_end_handlers: list[Callable[[str], Any]] = []
+        self._idle_handlers: list[Callable[[], Any]] = []
         self.endpoints = parse_endpoints(endpoints)
         self.poll_ms = poll_ms
         self.heartbeat_s = heartbeat_s
@@ -368,6 +369,13 @@ class NodeLoop:
             raise ConfigError(f"node {self.name!r}: on_reconnect needs a lossless output edge; {edge!r} is not one")
         self._reconnect_providers[edge] = provider
 
+    def on_idle(self, handler: Callable[[], Any]) -> None:
+        """Call `handler()` after every poll that leaves no message waiting on any open input; what it returns is
+        sent. Deferred work goes here (the reconstruction node runs its newest window request: whatever queued
+        during that run is served before the next one). Not called once stopping or finished; an exception in it is
+        a counted drop (`dropped.idle_failed`, or the Spark3RError's reason), never an exit."""
+        self._idle_handlers.append(handler)
+
     def on_input_end(self, handler: Callable[[str], Any]) -> None:
         """Call `handler(edge)` when every upstream has ended an input, before it is closed (which releases the
         senders' replay buffers): persist what the input brought here."""
@@ -540,7 +548,23 @@ class NodeLoop:
             else:
                 handled += self._serve_input(self._inputs[edge])
         self._tick()
+        if self._idle_handlers and not (self._stop or self._finished) and self._inputs_drained():
+            self._run_idle_handlers()
         return handled
+
+    def _inputs_drained(self) -> bool:
+        return not any(
+            inp.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN for inp in self._inputs.values() if not inp.is_closed
+        )
+
+    def _run_idle_handlers(self) -> None:
+        for handler in self._idle_handlers:
+            try:
+                self._send_result(handler())
+            except Spark3RError as exc:
+                self._drop("idle", getattr(exc, "reason", None) or "handler_error", f"idle handler: {exc}")
+            except Exception as exc:
+                self._drop("idle", "idle_failed", f"{type(exc).__name__}: {exc}", exc_info=True)
 
     def _serve_input(self, inp: _Input) -> int:
         latest = inp.endpoint.kind == "latest"

@@ -328,3 +328,40 @@ def test_a_real_seq_gap_is_counted_and_warned(ctx, ipc_dir, caplog):
         push.close(linger=0)
     assert sink.counters["gaps.frames"] == 1
     assert "1 message(s) from 'src' missing before seq 3" in caplog.text
+
+
+def test_idle_handler_runs_once_the_queue_is_drained(ctx, ipc_dir):
+    """on_idle: deferred work sees every message that queued before it ran (a busy reconstruction node's requests).
+    inproc: a sent message is in the receiver's queue when send returns, so what "queued" means is exact."""
+    address = f"inproc://idle-{Path(ipc_dir).name}"
+    source = NodeLoop(
+        "capture", [ep("frames", "out", ipc_dir, hwm=16, address=address)], context=ctx, handle_signals=False
+    )
+    sink = NodeLoop(
+        "keyframes", [ep("frames", "in", ipc_dir, hwm=16, address=address)], context=ctx, handle_signals=False
+    )
+    waiting: list[int] = []
+    runs: list[list[int]] = []
+
+    def run_waiting() -> None:
+        if waiting:
+            runs.append(waiting.copy())
+            waiting.clear()
+        if len(runs) == 2:
+            raise RuntimeError("a failing deferred run")
+
+    sink.on(Frame, lambda f: waiting.append(f.frame_seq))
+    sink.on_idle(run_waiting)
+    with source, sink:
+        for i in range(10):
+            source.send(frame(i))
+        poll_until(sink, lambda: len(runs) == 1)
+        for i in range(10, 13):
+            source.send(frame(i))
+        poll_until(sink, lambda: len(runs) == 2)
+        sink.stop("test")
+        source.send(frame(13))
+        sink.poll_once(100)
+    assert runs == [list(range(10)), [10, 11, 12]]  # each run took everything queued before it, in one go
+    assert sink.counters["dropped.idle_failed"] == 1  # counted, the loop lives on
+    assert waiting == []  # stopping: frame 13 was neither handled nor given to an idle run

@@ -1,0 +1,101 @@
+"""ReconstructionStep under a busy backbone: newer window requests supersede waiting ones (never keyframes), every
+keyframe still gets a pose and a dense decode; `on_request` (the single-process Pipeline) still runs every request."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spark3r_stream.models import load_weights, model_from_official_config
+from spark3r_stream.stream.pipeline import ReconstructionStep
+from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+from spark3r_stream.stream.windows import WindowScheduler, WindowSchedulerConfig
+from spark3r_stream.transport import Keyframe, WindowRequest
+from tests.conftest import fixture_path
+
+NUM_KEYFRAMES = 30
+REFRESH_BUDGET = 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = json.loads(fixture_path("vggt_tiny", "config.json").read_text())["config"]
+    return load_weights(model_from_official_config("vggt", cfg), fixture_path("vggt_tiny", "weights.safetensors"))
+
+
+def make_step(model) -> ReconstructionStep:
+    return ReconstructionStep(WindowReconstructor(model, ReconstructionConfig(refresh_budget=REFRESH_BUDGET)))
+
+
+def keyframe(keyframe_id: int) -> Keyframe:
+    image = np.random.default_rng(keyframe_id).integers(0, 256, (28, 42, 3), dtype=np.uint8)
+    return Keyframe(keyframe_id=keyframe_id, frame_seq=2 * keyframe_id, t_capture=keyframe_id / 15, image=image)
+
+
+def stream(step: ReconstructionStep, run_every: int, *, latest: bool) -> tuple[list, int]:
+    """Keyframes with stride-2 requests in windows of up to 8 (overlap 2); the backbone is free again after every
+    `run_every`-th request (latest) or runs each request at once."""
+    scheduler = WindowScheduler(WindowSchedulerConfig(stride=2, max_window=8, overlap=2))
+    results, num_requests = [], 0
+    for keyframe_id in range(NUM_KEYFRAMES):
+        step.on_keyframe(keyframe(keyframe_id))
+        run = scheduler.add(keyframe_id)
+        if run is None:
+            continue
+        num_requests += 1
+        request = WindowRequest(window_id=run.window_id, keyframe_ids=run.keyframe_ids)
+        if not latest:
+            results.append(step.on_request(request))
+            continue
+        step.offer(request)
+        if num_requests % run_every == 0:
+            results.append(step.run_pending())
+        if results:  # memory ~ window: the last run's keyframes and the ones that came after it
+            last = results[-1].keyframe_ids
+            assert set(step.reconstructor.images) <= set(last) | set(range(last[-1] + 1, keyframe_id + 1))
+    results.append(step.run_pending())  # end of stream
+    return [r for r in results if r is not None], num_requests
+
+
+def test_superseded_requests_still_pose_and_decode_every_keyframe(model):
+    step = make_step(model)
+    results, num_requests = stream(step, run_every=3, latest=True)
+    assert step.counters["superseded.window_request"] == num_requests - len(results) > 0
+    posed: set[int] = set()
+    for result in results:
+        ids = set(result.keyframe_ids)
+        if posed:  # fusion aligns each run on keyframes an earlier run posed
+            assert ids & posed, (result.window_id, sorted(ids))
+        new = ids - posed
+        assert len(result.dense_keyframe_ids) <= len(new) + REFRESH_BUDGET
+        assert new <= set(result.dense_keyframe_ids)  # dense heads: every new keyframe, plus the refresh budget
+        posed |= ids
+    assert posed == set(range(NUM_KEYFRAMES))  # latest-wins on requests, never on keyframes
+    superseded = [row["superseded"] for row in step.runs]  # each run took 3 requests (the last one what was left)
+    assert superseded[:-1] == [2] * (len(results) - 1) and superseded[-1] == (num_requests - 1) % 3
+    first_pose = dict(step.summary()["keyframe_first_pose_s"])
+    assert sorted(first_pose) == list(range(NUM_KEYFRAMES))
+
+
+def test_on_request_runs_every_request_in_order(model):
+    step = make_step(model)
+    results, num_requests = stream(step, run_every=1, latest=False)
+    scheduler = WindowScheduler(WindowSchedulerConfig(stride=2, max_window=8, overlap=2))
+    expected = [r.keyframe_ids for k in range(NUM_KEYFRAMES) if (r := scheduler.add(k)) is not None]
+    assert [r.keyframe_ids for r in results] == expected and len(results) == num_requests
+    assert step.counters["superseded.window_request"] == 0
+
+
+def test_merge_across_a_window_boundary_keeps_anchors_and_unposed_keyframes(model):
+    step = make_step(model)
+    for keyframe_id in range(10):
+        step.on_keyframe(keyframe(keyframe_id))
+    step.on_request(WindowRequest(window_id=0, keyframe_ids=(0, 1, 2, 3)))  # posed: 0-3
+    older = WindowRequest(window_id=1, keyframe_ids=tuple(range(8)))  # the full window's last run: 4-7 new
+    newer = WindowRequest(window_id=2, keyframe_ids=(6, 7, 8, 9))  # the next window, overlap 2
+    merged = step.merge(older, newer)
+    assert merged.window_id == 2 and merged.keyframe_ids == (2, 3, 4, 5, 6, 7, 8, 9)  # anchors 2-3, unposed 4-5
+    grown = WindowRequest(window_id=3, keyframe_ids=(6, 7, 8, 9, 10, 11))
+    assert step.merge(newer, grown) is grown  # one growing window: the newer run holds the older one
