@@ -32,6 +32,8 @@ def body(ctx: NodeContext) -> int:
                 raise ConfigError(f"{ctx.source}: {ctx.key}: {exc}") from None
             raise
         report.set("source", source.info)
+        if hasattr(source, "stop_when"):  # a live camera waits for frames: let it see a signal while it waits
+            source.stop_when = lambda: loop.is_stopping
         log.info("%s: %s (%s frames)", ctx.name, source.source_id, source.info.get("num_frames") or "live")
         try:
             loop.run(source)
