@@ -23,6 +23,9 @@ PRESET_INPUTS: dict[str, tuple[str, int]] = {
     "da3-base": ("da3", DA3_PROCESS_RES),
     "da3-large": ("da3", DA3_PROCESS_RES),
     "da3-giant": ("da3", DA3_PROCESS_RES),
+    "da3-metric-large": ("da3", DA3_PROCESS_RES),
+    "da3-mono-large": ("da3", DA3_PROCESS_RES),
+    "da3-nested-giant-large": ("da3", DA3_PROCESS_RES),
 }
 
 

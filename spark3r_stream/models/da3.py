@@ -1,13 +1,16 @@
-"""Depth Anything 3 (any-view): DINOv2 whose later blocks alternate frame/global attention, DualDPT, camera MLPs.
+"""Depth Anything 3: the any-view nets (DINOv2 whose later blocks alternate frame/global attention, DualDPT, camera
+MLPs), the monocular metric/mono nets (plain DINOv2 + DPT with a sky head) and the nested net (any-view + metric).
 
-Matches ByteDance-Seed/Depth-Anything-3@2c21ea8 model/da3.py (`DepthAnything3Net`), model/dinov2/
-(`DinoV2`, `DinoVisionTransformer`), model/reference_view_selector.py (reference_da3.md). State-dict keys are the
-released ones without the Hugging Face wrapper's `model.` prefix (stripped by the loader); the aux LayerNorm the
-released files store once is filled in through `SHARED_TENSOR_ALIASES`.
+Matches ByteDance-Seed/Depth-Anything-3@2c21ea8 model/da3.py (`DepthAnything3Net`, `NestedDepthAnything3Net`),
+model/dpt.py, model/dinov2/ (`DinoV2`, `DinoVisionTransformer`), model/reference_view_selector.py (reference_da3.md,
+fixtures/da3_tiny_nested/README.md). State-dict keys are the released ones without the Hugging Face wrapper's `model.`
+prefix (stripped by the loader); the aux LayerNorm the released files store once is filled in through
+`SHARED_TENSOR_ALIASES`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -63,7 +66,58 @@ class DA3Config:
         return tuple(i for i in range(self.alt_start, self.depth) if i % 2 == 1) if self.alt_start >= 0 else ()
 
 
-def reduction_targets(cfg: DA3Config) -> ReductionTargets:
+@dataclass(frozen=True, kw_only=True)
+class DA3MonoConfig:
+    """DA3METRIC / DA3MONO: a plain DINOv2 ViT (every block frame-local: no camera token, RoPE, qk-norm) and a
+    single-branch DPT (depth = exp, no confidence) with a ReLU sky head; the head reads the final-normed tokens."""
+
+    img_size: int = 518
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    ffn_layer: str = "mlp"
+    out_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    head_features: int = 256
+    head_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+    metric: bool = True  # DA3METRIC: metres = focal_px · depth / 300; DA3MONO (False): relative depth
+
+    def backbone_config(self) -> DA3Config:
+        return DA3Config(
+            img_size=self.img_size, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+            num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, ffn_layer=self.ffn_layer, alt_start=-1,
+            qknorm_start=-1, rope_start=-1, out_layers=self.out_layers,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class DA3NestedConfig:
+    """DA3NESTED: an any-view net (`da3`) whose depth and camera translations a metric net (`da3_metric`) rescales."""
+
+    anyview: DA3Config
+    metric: DA3MonoConfig
+    sky_depth: float = 200.0  # official `sky_depth_def`: cap of the far depth given to sky pixels (metres)
+
+    @property
+    def img_size(self) -> int:
+        return self.anyview.img_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.anyview.patch_size
+
+
+AnyDA3Config = DA3Config | DA3MonoConfig | DA3NestedConfig
+
+
+def reduction_targets(cfg: AnyDA3Config) -> ReductionTargets:
+    if isinstance(cfg, DA3NestedConfig):  # only the any-view branch attends across views; reduced like da3-giant
+        targets = reduction_targets(cfg.anyview)
+        return dataclasses.replace(targets, global_attention=tuple(f"da3.{p}" for p in targets.global_attention))
+    if isinstance(cfg, DA3MonoConfig):  # every block is frame-local: nothing for a cross-frame reduction
+        return ReductionTargets(global_attention=(), special_tokens_per_frame=1, reference_frame=None,
+                                sensitive_layers=())  # fmt: skip
     num_global = len(cfg.global_layers)
     return ReductionTargets(
         global_attention=tuple(f"backbone.pretrained.blocks.{i}.attn" for i in cfg.global_layers),
@@ -83,12 +137,20 @@ _DA3_VITS = {
 }
 
 
-def config_from_official(cfg: dict) -> DA3Config:
-    """Translate DA3 constructor arguments to DA3Config.
+def config_from_official(cfg: dict) -> AnyDA3Config:
+    """Translate DA3 constructor arguments to DA3Config / DA3MonoConfig / DA3NestedConfig.
 
-    Accepts the official YAML config (`configs/da3-*.yaml` as in the manifests' "config": `net`, `head`, `cam_enc`,
-    `gs_head`) or the arguments recorded by the reduced fixtures (fixtures/da3_tiny*/config.json).
+    Accepts the official YAML config (`configs/da3*.yaml` as in the manifests' "config": `net`, `head`, `cam_enc`,
+    `gs_head`; nested: `anyview`, `metric`) or the arguments recorded by the reduced fixtures
+    (fixtures/da3_tiny*/config.json; da3_tiny_nested's `metric`).
     """
+    if "anyview" in cfg and "metric" in cfg:
+        anyview, metric = config_from_official(cfg["anyview"]), config_from_official(cfg["metric"])
+        if not isinstance(anyview, DA3Config) or not isinstance(metric, DA3MonoConfig):
+            raise ConfigError("official DA3 nested config: expected an any-view net and a metric net")
+        return DA3NestedConfig(anyview=anyview, metric=metric)
+    if "head_DPT_args" in cfg or ("net" in cfg and not cfg["net"].get("cat_token", True)):
+        return _mono_config_from_official(cfg)
     if "backbone_ViT_args" in cfg:
         vit, net, head, cam_enc = (cfg["backbone_ViT_args"], cfg["backbone_DinoV2_args"], cfg["head_DualDPT_args"],
                                    cfg["cam_enc_CameraEnc_args"])  # fmt: skip
@@ -123,6 +185,23 @@ def config_from_official(cfg: dict) -> DA3Config:
         cam_enc_depth=cam_enc_depth,
         enable_gs_head=gs is not None,
     )
+
+
+def _mono_config_from_official(cfg: dict) -> DA3MonoConfig:
+    """The metric/mono nets: official YAML (`net` + `head` of DPT) or the fixture's `backbone_ViT_args`/`head_DPT_args`."""
+    if "backbone_ViT_args" in cfg:
+        vit, net, head = cfg["backbone_ViT_args"], cfg["backbone_DinoV2_args"], cfg["head_DPT_args"]
+        width, depth, heads = vit["embed_dim"], vit["depth"], vit["num_heads"]
+        ffn = "swiglu" if "swiglu" in vit["ffn_layer"] else "mlp"
+    else:
+        net, head = cfg["net"], cfg["head"]
+        width, depth, heads, ffn = _DA3_VITS[net["name"]]
+    if max(net["alt_start"], net["qknorm_start"], net["rope_start"]) >= 0 or head.get("output_dim", 1) != 1:
+        raise ConfigError(f"official DA3 metric/mono config: expected a frame-local ViT and a 1-channel DPT, got {cfg}")
+    return DA3MonoConfig(
+        embed_dim=width, depth=depth, num_heads=heads, ffn_layer=ffn, out_layers=tuple(net["out_layers"]),
+        head_features=head["features"], head_out_channels=tuple(head["out_channels"]),
+    )  # fmt: skip
 
 
 def select_reference_view(cls_tokens: torch.Tensor, strategy: RefViewStrategy) -> torch.Tensor:
@@ -354,3 +433,223 @@ def da3_pose_encoding_to_extri_intri(pose_enc: torch.Tensor, image_hw: tuple[int
     rotation_t = world_from_cam[..., :3].transpose(-1, -2)
     translation = -(rotation_t @ world_from_cam[..., 3:])
     return torch.cat([rotation_t, translation], dim=-1), intrinsics
+
+
+# --- monocular metric/mono nets and the nested net -------------------------------------------------------------------
+
+METRIC_FOCAL_SCALE = 300.0  # official `apply_metric_scaling(scale_factor=300)`: metres = focal_px · depth / 300
+SKY_THRESHOLD = 0.3  # official: a pixel is sky where the (ReLU) sky map is >= 0.3
+MIN_CLASS_PIXELS = 10  # official: the mono sky fill needs > 10 sky and > 10 non-sky pixels; nested asserts > 10 non-sky
+
+
+def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """`torch.quantile(values, q)` (linear interpolation, rank computed in the values' dtype) over *all* values.
+
+    The official code draws a random 100,000-value subset first when there are more (unseeded `randint`/`randperm`),
+    so its full-size statistics change from run to run; ours take every value, which is deterministic and equals the
+    official result exactly at or below 100,000 values. A sort has no size limit (torch.quantile stops at 2^24).
+    """
+    flat = values.reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("quantile of an empty set")
+    rank = torch.tensor(q, dtype=flat.dtype, device=flat.device) * (flat.numel() - 1)
+    low = rank.floor()
+    ordered = flat.sort().values
+    lo_value = ordered[low.long()]
+    hi_value = ordered[rank.ceil().long()]
+    return torch.lerp(lo_value, hi_value, rank - low)
+
+
+def metric_depth_metres(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """DA3METRIC output [B, S, H, W] -> metres with the mean focal length (fx + fy)/2 of intrinsics [B, S, 3, 3]."""
+    focal = (intrinsics[..., 0, 0] + intrinsics[..., 1, 1]) / 2
+    return depth * focal[..., None, None] / METRIC_FOCAL_SCALE
+
+
+def mono_sky_fill(depth: torch.Tensor, sky: torch.Tensor) -> torch.Tensor:
+    """Official `_process_mono_sky_estimation`: sky pixels get the 0.99 quantile of the non-sky depth, pooled over
+    every view of the batch; skipped when either class has <= 10 pixels."""
+    non_sky = sky < SKY_THRESHOLD
+    if int(non_sky.sum()) <= MIN_CLASS_PIXELS or int((~non_sky).sum()) <= MIN_CLASS_PIXELS:
+        return depth
+    return torch.where(non_sky, depth, quantile(depth[non_sky], 0.99))
+
+
+def nested_metric_alignment(
+    anyview: dict, metric_depth: torch.Tensor, metric_sky: torch.Tensor, *, sky_depth: float = 200.0,
+    taps: dict | None = None,
+) -> dict:  # fmt: skip
+    """Official `NestedDepthAnything3Net` rescaling of an any-view output by a metric net (pure; returns a new dict).
+
+    Args:
+        anyview: the any-view net's depth / depth_conf [B, S, H, W], extrinsics [B, S, 3, 4] (world-to-camera),
+            intrinsics [B, S, 3, 3] (its *predicted* intrinsics give the metric focal, even with given cameras).
+        metric_depth: the metric net's depth [B, S, H, W] after its mono sky fill; metric_sky: its sky map.
+
+    One least-squares scale s (metres ≈ s·depth) for the whole batch from the non-sky pixels with
+    depth_conf >= its median; depth and the extrinsics' translations are multiplied by s; sky pixels get
+    min(0.99 quantile of the scaled non-sky depth, sky_depth) and confidence 1.
+    """
+    depth, conf = anyview["depth"], anyview["depth_conf"]
+    metres = metric_depth_metres(metric_depth, anyview["intrinsics"])
+    non_sky = metric_sky < SKY_THRESHOLD
+    if int(non_sky.sum()) <= MIN_CLASS_PIXELS:
+        raise ValueError(
+            f"DA3 nested metric alignment: only {int(non_sky.sum())} non-sky pixels (needs > {MIN_CLASS_PIXELS})"
+        )
+    median_conf = quantile(conf[non_sky], 0.5)
+    align = (conf >= median_conf) & non_sky & (metres > 1e-2) & (depth > 1e-3)
+    a, b = metres[align], depth[align]
+    scale = (a * b).sum() / torch.clamp((b * b).sum(), min=1e-12)
+    depth = depth * scale
+    extrinsics = anyview["extrinsics"].clone()
+    extrinsics[..., :3, 3] = extrinsics[..., :3, 3] * scale
+    max_depth = torch.clamp(quantile(depth[non_sky], 0.99), max=sky_depth)
+    if taps is not None:
+        taps.update({"metric.focal_px": (anyview["intrinsics"][..., 0, 0] + anyview["intrinsics"][..., 1, 1]) / 2,
+                     "metric.depth_metres": metres, "align.non_sky_mask": non_sky, "align.median_conf": median_conf,
+                     "align.mask": align, "align.num_pixels": align.sum(), "align.scale_factor": scale,
+                     "nested_sky_fill.max_depth": max_depth})  # fmt: skip
+    return {
+        **anyview,
+        "depth": torch.where(non_sky, depth, max_depth),
+        "depth_conf": torch.where(non_sky, conf, torch.ones_like(conf)),
+        "extrinsics": extrinsics,
+        "is_metric": 1,
+        "scale_factor": float(scale),
+    }
+
+
+class DepthAnything3Mono(nn.Module):
+    """Official `DepthAnything3Net` built from the metric/mono configs: `backbone.pretrained` + `head` (DPT)."""
+
+    def __init__(self, cfg: DA3MonoConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.config = cfg
+        self.backbone = MultiViewBackbone(cfg.backbone_config(), **kw)  # alt_start -1: every block frame-local
+        self.head = DPTHead(
+            cfg.embed_dim, patch_size=cfg.patch_size, output_dim=1, activation="exp", features=cfg.head_features,
+            out_channels=cfg.head_out_channels, intermediate_layer_idx=range(4), pos_embed=False,
+            rectified_skip=False, token_norm=False, sky_head=True, **kw,
+        )  # fmt: skip
+        self.register_buffer("_image_mean", torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1), persistent=False)
+        self.register_buffer("_image_std", torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1), persistent=False)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        intrinsics: torch.Tensor | None = None,
+        export_feat_layers: tuple[int, ...] = (),
+        images_normalized: bool = False,
+        dense_frames: torch.Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> dict:
+        """Official outputs: depth [B, S, H, W] (exp, sky filled), sky [B, S, H, W] (ReLU map; sky where >= 0.3),
+        aux {"feat_layer_<i>": [B, S, h, w, C]}.
+
+        Args:
+            images: [S, 3, H, W] or [B, S, 3, H, W] RGB in [0, 1] (or normalised with `images_normalized`).
+            intrinsics: [B, S, 3, 3] pixels of the input; adds `intrinsics` and, for a metric net, `depth_metres`
+                (focal · depth / 300) and `is_metric` 1 (beyond the official net, which leaves this to its user).
+            dense_frames: views whose outputs are returned (default all); the sky fill pools over all views.
+            return_intermediates: add `depth_raw` (before the sky fill) and `backbone_features`.
+        """
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        H, W = images.shape[-2:]
+        if not images_normalized:
+            images = (images - self._image_mean) / self._image_std
+        backbone = self.backbone(images, export_feat_layers=tuple(export_feat_layers))
+        C = self.config.embed_dim
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            features = [f[..., C:].float() for f, _ in backbone.taps]  # cat_token=False: the final-normed tokens only
+            feat = self.head.output_features(features, (H, W), 0)
+            B, S = feat.shape[:2]
+            feat = feat.flatten(0, 1)
+            depth_raw = torch.exp(self.head.scratch.output_conv2(feat)).view(B, S, H, W)
+            sky = torch.relu(self.head.scratch.sky_output_conv2(feat)).view(B, S, H, W)
+            depth = mono_sky_fill(depth_raw, sky)
+        out = {"depth": depth, "sky": sky, "aux": {f"feat_layer_{i}": t for i, t in backbone.exports.items()}}
+        if intrinsics is not None:
+            out["intrinsics"] = intrinsics
+            if self.config.metric:
+                out.update(depth_metres=metric_depth_metres(depth, intrinsics.to(depth.dtype)), is_metric=1)
+        if return_intermediates:
+            out.update(depth_raw=depth_raw, backbone_features=backbone.taps, last_block_tokens=backbone.last_tokens)
+        if dense_frames is not None:
+            out = _select_frames(out, dense_frames, keys=("depth", "sky", "depth_metres", "depth_raw"))
+        return out
+
+
+class NestedDepthAnything3(nn.Module):
+    """Official `NestedDepthAnything3Net`: `da3` (any-view) + `da3_metric` (metric net) rescaling it to metres."""
+
+    def __init__(self, cfg: DA3NestedConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = cfg
+        self.da3 = DepthAnything3(cfg.anyview, device=device, dtype=dtype)
+        self.da3_metric = DepthAnything3Mono(cfg.metric, device=device, dtype=dtype)
+        self.shared_tensor_aliases = {f"da3.{k}": f"da3.{v}" for k, v in SHARED_TENSOR_ALIASES.items()}
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        extrinsics: torch.Tensor | None = None,
+        intrinsics: torch.Tensor | None = None,
+        export_feat_layers: tuple[int, ...] = (),
+        ref_view_strategy: RefViewStrategy | None = None,
+        images_normalized: bool = False,
+        dense_frames: torch.Tensor | None = None,
+        return_intermediates: bool = False,
+        taps: dict | None = None,
+    ) -> dict:
+        """Official outputs: depth (metres) / depth_conf [B, S, H, W], extrinsics [B, S, 3, 4] world-to-camera with
+        metric translations, intrinsics, aux (any-view branch), is_metric (1), scale_factor (float); plus `sky`
+        (the metric branch's sky map, which the official forward keeps to itself).
+
+        Args: as `DepthAnything3.forward`; every view is decoded (the scale is pooled over all of them), then
+        `dense_frames` selects the returned depth. `taps` receives the any-view output and the alignment's steps.
+        """
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        if not images_normalized:
+            images = (images - self.da3._image_mean) / self.da3._image_std
+        out = self.da3(
+            images, extrinsics=extrinsics, intrinsics=intrinsics, export_feat_layers=export_feat_layers,
+            ref_view_strategy=ref_view_strategy, images_normalized=True, return_intermediates=return_intermediates,
+        )  # fmt: skip
+        metric = self.da3_metric(images, images_normalized=True)
+        if taps is not None:
+            taps.update({f"da3.{k}": out[k] for k in ("depth", "depth_conf", "extrinsics", "intrinsics")})
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            anyview = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                       for k, v in out.items()}  # fmt: skip
+            out = nested_metric_alignment(
+                anyview, metric["depth"], metric["sky"], sky_depth=self.config.sky_depth, taps=taps
+            )
+        out["sky"] = metric["sky"]
+        if dense_frames is not None:
+            out = _select_frames(out, dense_frames, keys=("depth", "depth_conf", "sky"))
+        return out
+
+
+def _select_frames(out: dict, frames: torch.Tensor, keys: tuple[str, ...]) -> dict:
+    """Keep only `frames` of the per-view dense outputs named by `keys` ([B, S, ...]); records dense_frames."""
+    selected = dict(out)
+    for key in keys:
+        if key in out:
+            selected[key] = out[key][:, frames]
+    selected["dense_frames"] = frames
+    return selected
+
+
+def build(cfg: AnyDA3Config, device=None, dtype=None) -> nn.Module:
+    """The DA3 net a config describes: any-view, metric/mono, or nested."""
+    if isinstance(cfg, DA3NestedConfig):
+        return NestedDepthAnything3(cfg, device=device, dtype=dtype)
+    if isinstance(cfg, DA3MonoConfig):
+        return DepthAnything3Mono(cfg, device=device, dtype=dtype)
+    return DepthAnything3(cfg, device=device, dtype=dtype)

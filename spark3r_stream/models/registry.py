@@ -48,7 +48,7 @@ class Preset:
 FAMILIES: dict[str, Family] = {
     "vggt": Family(vggt.VGGT, vggt.reduction_targets, vggt.config_from_official),
     "pi3": Family(pi3.Pi3, pi3.reduction_targets, pi3.config_from_official),
-    "da3": Family(da3.DepthAnything3, da3.reduction_targets, da3.config_from_official),
+    "da3": Family(da3.build, da3.reduction_targets, da3.config_from_official),  # any-view, metric/mono, nested
 }
 
 PRESETS: dict[str, Preset] = {
@@ -128,7 +128,27 @@ PRESETS: dict[str, Preset] = {
         weights=Weights(hf_hub_id="depth-anything/DA3-GIANT"),
         input_size=504,
     ),
+    # DA3 monocular nets (configs/da3metric-large.yaml, da3mono-large.yaml): no cross-view attention, no cameras
+    "da3-metric-large": Preset(
+        family="da3",
+        config=da3.DA3MonoConfig(metric=True),
+        weights=Weights(hf_hub_id="depth-anything/DA3METRIC-LARGE"),
+        input_size=504,
+    ),
+    "da3-mono-large": Preset(
+        family="da3",
+        config=da3.DA3MonoConfig(metric=False),
+        weights=Weights(hf_hub_id="depth-anything/DA3MONO-LARGE"),
+        input_size=504,
+    ),
 }
+# configs/da3nested-giant-large.yaml: da3-giant (Gaussian head included) + da3-metric-large, depth in metres
+PRESETS["da3-nested-giant-large"] = Preset(
+    family="da3",
+    config=da3.DA3NestedConfig(anyview=PRESETS["da3-giant"].config, metric=PRESETS["da3-metric-large"].config),
+    weights=Weights(hf_hub_id="depth-anything/DA3NESTED-GIANT-LARGE"),
+    input_size=504,
+)
 
 
 def list_models() -> list[str]:

@@ -34,6 +34,11 @@ def accelerate(
     """
     config = Spark3RConfig() if config is None else config
     targets = _declared_targets(model) if targets is None else targets
+    if not targets.global_attention:  # e.g. DA3's metric/mono nets: every block is frame-local
+        name = model.spec.name if getattr(model, "spec", None) is not None else type(model).__name__
+        raise ConfigError(
+            f"spark3r accelerate {name!r}: the model has no cross-frame (global) attention to reduce; run it dense"
+        )
     resolve_sensitive_layers(config, targets)  # fail now, not in the first forward
     bad = [i for i in config.r_kv_overrides if not 0 <= i < len(targets.global_attention)]
     if bad:

@@ -96,6 +96,7 @@ class Scratch(nn.Module):
         output_dim: int,
         feature_only: bool,
         rectified_skip: bool = True,
+        sky_head: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -115,6 +116,10 @@ class Scratch(nn.Module):
             self.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1, **kw)
             self.output_conv2 = nn.Sequential(
                 nn.Conv2d(features // 2, 32, 3, padding=1, **kw), nn.ReLU(), nn.Conv2d(32, output_dim, 1, **kw)
+            )
+        if sky_head:  # DA3 DPT (metric/mono nets): a one-channel sky map beside the depth (official key)
+            self.sky_output_conv2 = nn.Sequential(
+                nn.Conv2d(features // 2, 32, 3, padding=1, **kw), nn.ReLU(), nn.Conv2d(32, 1, 1, **kw)
             )
 
 
@@ -165,6 +170,7 @@ class DPTHead(nn.Module):
         rectified_skip: bool = True,
         token_norm: bool = True,
         image_merger: bool = False,
+        sky_head: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -180,7 +186,9 @@ class DPTHead(nn.Module):
         self.norm = nn.LayerNorm(dim_in, **kw) if token_norm else nn.Identity()  # GSDPT: norm_type "idt"
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, 1, **kw) for c in out_channels)
         self.resize_layers = resize_layers(out_channels, **kw)
-        self.scratch = Scratch(out_channels, features, output_dim, feature_only, rectified_skip=rectified_skip, **kw)
+        self.scratch = Scratch(
+            out_channels, features, output_dim, feature_only, rectified_skip=rectified_skip, sky_head=sky_head, **kw
+        )
         # DA3 GSDPT: 3 convs, each followed by a GELU, on the network's (normalised) input images; added to the
         # upsampled map before its UV embedding (official key)
         self.images_merger = (
@@ -215,6 +223,23 @@ class DPTHead(nn.Module):
         Returns:
             (value [B, S', H, W, O-1], conf [B, S', H, W]), or features [B, S', C', H', W'] if feature_only.
         """
+        out = self.output_features(tokens, image_hw, patch_start_idx, frames=frames, images=images)
+        if self.feature_only:
+            return out
+        B, S = out.shape[:2]
+        out = self.scratch.output_conv2(out.flatten(0, 1))
+        out = out.permute(0, 2, 3, 1).view(B, S, *out.shape[2:], out.shape[1])
+        return activate(out[..., :-1], self.activation), activate(out[..., -1], self.conf_activation)
+
+    def output_features(
+        self,
+        tokens: Sequence[torch.Tensor | None],
+        image_hw: tuple[int, int],
+        patch_start_idx: int,
+        frames: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The map `scratch.output_conv2` (and a sky head) reads: [B, S', C', H', W'] (same arguments as forward)."""
         if (images is None) != (self.images_merger is None):
             raise ValueError("DPT head: pass images exactly when the head has an images merger (DA3 GSDPT)")
         H, W = image_hw
@@ -236,11 +261,7 @@ class DPTHead(nn.Module):
             out = out + self.images_merger(images.reshape(B * S, *images.shape[2:]))
         if self.pos_embed:
             out = add_position_embedding(out, W, H)
-        if self.feature_only:
-            return out.view(B, S, *out.shape[1:])
-        out = self.scratch.output_conv2(out)
-        out = out.permute(0, 2, 3, 1).view(B, S, *out.shape[2:], out.shape[1])
-        return activate(out[..., :-1], self.activation), activate(out[..., -1], self.conf_activation)
+        return out.view(B, S, *out.shape[1:])
 
     def _fuse(self, levels: list[torch.Tensor]) -> torch.Tensor:
         s = self.scratch

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from spark3r_stream.errors import ConfigError
 from spark3r_stream.models import ModelSpec, build_model, list_models
 from spark3r_stream.models.layers.attention import Attention
 from spark3r_stream.models.registry import get_preset
@@ -22,7 +23,10 @@ def test_model_builds_on_meta_and_declares_its_spec(name):
     assert isinstance(spec, ModelSpec) and spec.name == name and spec.family == get_preset(name).family
     assert spec.input_size % model.config.patch_size == 0
     targets = spec.reduction_targets
-    assert targets.global_attention, "a backbone declares its cross-frame attention layers"
+    if not targets.global_attention:  # monocular nets (da3-metric-large, da3-mono-large): nothing to reduce, said so
+        with pytest.raises(ConfigError, match=f"accelerate '{name}': the model has no cross-frame"):
+            accelerate(model, Spark3RConfig())
+        return
     for path in targets.global_attention:
         assert isinstance(model.get_submodule(path), Attention), path
     assert all(0 <= i < len(targets.global_attention) for i in targets.sensitive_layers)
