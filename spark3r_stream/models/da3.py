@@ -551,8 +551,9 @@ class DepthAnything3Mono(nn.Module):
 
         Args:
             images: [S, 3, H, W] or [B, S, 3, H, W] RGB in [0, 1] (or normalised with `images_normalized`).
-            intrinsics: [B, S, 3, 3] pixels of the input; adds `intrinsics` and, for a metric net, `depth_metres`
-                (focal · depth / 300) and `is_metric` 1 (beyond the official net, which leaves this to its user).
+            intrinsics: [B, S, 3, 3] pixels of the input, returned as `intrinsics` (NaN when not given); a metric
+                net then adds `depth_metres` (focal · depth / 300) and `is_metric` 1 (beyond the official net, which
+                leaves this to its user).
             dense_frames: views whose outputs are returned (default all); the sky fill pools over all views.
             return_intermediates: add `depth_raw` (before the sky fill) and `backbone_features`.
         """
@@ -572,7 +573,9 @@ class DepthAnything3Mono(nn.Module):
             sky = torch.relu(self.head.scratch.sky_output_conv2(feat)).view(B, S, H, W)
             depth = mono_sky_fill(depth_raw, sky)
         out = {"depth": depth, "sky": sky, "aux": {f"feat_layer_{i}": t for i, t in backbone.exports.items()}}
-        if intrinsics is not None:
+        if intrinsics is None:  # the net predicts no camera: unknown intrinsics are NaN
+            out["intrinsics"] = torch.full((B, S, 3, 3), float("nan"), device=depth.device)
+        else:
             out["intrinsics"] = intrinsics
             if self.config.metric:
                 out.update(depth_metres=metric_depth_metres(depth, intrinsics.to(depth.dtype)), is_metric=1)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from spark3r_stream.geometry import unproject_depth
+from spark3r_stream.models.da3 import SKY_THRESHOLD, DA3MonoConfig
 from spark3r_stream.models.pose_encoding import pose_encoding_to_extri_intri
 
 
@@ -24,6 +25,10 @@ class Prediction:
     points_conf [S',H,W]. S' = len(dense_frames): the frames whose dense outputs were decoded (default all).
     With query points (VGGT's track head): tracks [S,N,2] pixels (x = column, y = row) of the network input, frame 0
     = the queries; track_vis / track_conf [S,N] probabilities in (0, 1).
+    DA3 metric and nested models give depth (and nested: camera translations) in metres (`metadata["is_metric"]`);
+    DA3 nets with a sky head give sky [S',H,W] bool (where their sky map is >= 0.3, the pixels whose depth they
+    replace by a far value; the official API's own report thresholds at 0.5). The monocular DA3 nets predict no
+    camera: identity poses, intrinsics as given to `predict` (NaN when not).
     """
 
     model: str
@@ -40,6 +45,7 @@ class Prediction:
     tracks: np.ndarray | None = None
     track_vis: np.ndarray | None = None
     track_conf: np.ndarray | None = None
+    sky: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -129,23 +135,33 @@ def da3_outputs_to_prediction(out: dict, image_hw: tuple[int, int]) -> dict[str,
     """DA3: official extrinsics are world-to-camera (OpenCV), world = as the network returns it; batch item 0.
 
     World points unproject the depth with the predicted intrinsics (`geometry.unproject_depth`) and map them by
-    camera-to-world, as the official API does; depth_conf is the official exp(.)+1 (≥ 1).
+    camera-to-world, as the official API does; depth_conf is the official exp(.)+1 (≥ 1). The nested net's depth and
+    translations are already in metres. The monocular nets (no `extrinsics`): identity poses, their depth in metres
+    when the metric net had intrinsics (`depth_metres`), no confidence; world points only with known intrinsics.
     """
-    world_from_cam = cam_from_world_to_world_from_cam(out["extrinsics"][0].double().cpu().numpy())
     intrinsics = out["intrinsics"][0].double().cpu().numpy()
-    depth = _np(out["depth"][0])
+    if "extrinsics" in out:
+        world_from_cam = cam_from_world_to_world_from_cam(out["extrinsics"][0].double().cpu().numpy())
+    else:
+        world_from_cam = np.tile(np.eye(4), (len(intrinsics), 1, 1))
+    depth = _np(out.get("depth_metres", out["depth"])[0])
     dense = _dense_index(out, len(world_from_cam))
-    points_cam = unproject_depth(depth, intrinsics[dense])
-    rotation, translation = world_from_cam[dense, :3, :3], world_from_cam[dense, :3, 3]
-    world_points = np.einsum("sij,shwj->shwi", rotation, points_cam) + translation[:, None, None, :]
-    conf = _np(out["depth_conf"][0])
+    world_points = None
+    if np.isfinite(intrinsics).all():
+        points_cam = unproject_depth(depth, intrinsics[dense])
+        rotation, translation = world_from_cam[dense, :3, :3], world_from_cam[dense, :3, 3]
+        world_points = np.einsum("sij,shwj->shwi", rotation, points_cam) + translation[:, None, None, :]
+        world_points = world_points.astype(np.float32)
+    conf = _np(out["depth_conf"][0]) if "depth_conf" in out else None
+    sky = out.get("sky")
     return {
         "world_from_cam": world_from_cam,
         "intrinsics": intrinsics,
         "depth": depth,
         "depth_conf": conf,
-        "world_points": world_points.astype(np.float32),
+        "world_points": world_points,
         "points_conf": conf,
+        "sky": None if sky is None else sky[0].detach().cpu().numpy() >= SKY_THRESHOLD,
     }
 
 
@@ -168,6 +184,7 @@ def predict(
     dense_frames: torch.Tensor | None = None,
     patch_tokens: torch.Tensor | None = None,
     query_points: torch.Tensor | np.ndarray | None = None,
+    intrinsics: torch.Tensor | np.ndarray | None = None,
 ) -> Prediction:
     """Run `model` on one scene.
 
@@ -177,11 +194,20 @@ def predict(
         patch_tokens: cached encoder outputs [1, S, h*w, C] (growing windows).
         query_points: [N, 2] pixels (x = column, y = row) in frame 0 of `images`: tracks them through every frame
             with VGGT's track head (`Prediction.tracks`, `track_vis`, `track_conf`); a model without one refuses.
+        intrinsics: [S, 3, 3] pixels of `images`, for the monocular DA3 nets, which predict no camera:
+            da3-metric-large needs them for depth in metres (metres = focal · output / 300).
     """
     device = next(model.parameters()).device
     images = images.to(device)
     if images.dim() != 4:
         raise ValueError(f"predict expects images [S, 3, H, W], got shape {tuple(images.shape)}")
+    monocular = isinstance(getattr(model, "config", None), DA3MonoConfig)
+    if intrinsics is not None and not monocular:
+        raise ValueError(f"predict intrinsics: model {model.spec.name!r} predicts its own cameras (only the monocular "
+                         "DA3 nets take intrinsics)")  # fmt: skip
+    if monocular and model.config.metric and intrinsics is None:
+        raise ValueError(f"predict: model {model.spec.name!r} gives depth in metres only from the focal length; pass "
+                         "intrinsics [S, 3, 3] (pixels of the network input)")  # fmt: skip
     if query_points is not None:
         if getattr(model, "track_head", None) is None:
             raise ValueError(f"predict query_points: model {model.spec.name!r} has no track head to track them")
@@ -198,6 +224,11 @@ def predict(
             kwargs["patch_tokens"] = patch_tokens.to(device)
         if query_points is not None:
             kwargs["query_points"] = query_points[None]
+        if intrinsics is not None:
+            intrinsics = torch.as_tensor(intrinsics, dtype=torch.float32, device=device)
+            if intrinsics.shape != (len(images), 3, 3):
+                raise ValueError(f"predict intrinsics: expected [{len(images)}, 3, 3], got {tuple(intrinsics.shape)}")
+            kwargs["intrinsics"] = intrinsics[None]
         out = model(images, **kwargs)
         sync()
     forward_ms = (time.perf_counter() - start) * 1e3
@@ -209,6 +240,9 @@ def predict(
     plan = getattr(model, "last_reduction_plan", None)
     if plan is not None:
         metadata["reduction_plan"] = plan
+    for key in ("is_metric", "scale_factor"):  # DA3 metric / nested
+        if key in out:
+            metadata[key] = out[key]
     tracks = {}
     if query_points is not None:
         tracks = {"tracks": _np(out["track"][0]), "track_vis": _np(out["vis"][0]), "track_conf": _np(out["conf"][0])}
