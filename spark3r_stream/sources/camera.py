@@ -123,6 +123,7 @@ class CameraSource:
                 if not self.options.selects(index - 1):
                     self.counters["not_selected"] += 1
                     continue
+                self.counters["frames"] += 1  # before the yield: a consumer may stop at it (one frame unsent)
                 yield Frame(
                     frame_seq=seq,
                     t_capture=t_capture,
@@ -131,7 +132,6 @@ class CameraSource:
                     intrinsics=self._k,
                 )
                 seq += 1
-                self.counters["frames"] += 1
         finally:  # the consumer is done: stop grabbing, so grabbed = frames + dropped_stale + not_selected + at_stop
             self._stop_grabber()
             with self._cond:

@@ -103,7 +103,8 @@ class MjpegServer:
             self._is_open = False
             self._cond.notify_all()
         self.drop_clients(count=False)
-        self._httpd.shutdown()
+        if self._threads:  # shutdown() waits for serve_forever(): only once start() ran it
+            self._httpd.shutdown()
         self._httpd.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
