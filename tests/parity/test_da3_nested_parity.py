@@ -222,3 +222,36 @@ def test_nested_targets_are_the_any_view_branch_like_da3_giant():
     giant = build_model("da3-giant", device="meta").spec.reduction_targets
     assert nested.global_attention == tuple(f"da3.{p}" for p in giant.global_attention)
     assert (nested.sensitive_layers, nested.reference_frame) == (giant.sensitive_layers, giant.reference_frame)
+
+
+def test_metric_launch_file_runs_the_nested_preset_with_given_weights(tmp_path):
+    from spark3r_stream.config import from_dict
+    from spark3r_stream.launch_files import load_launch_file, resolve
+    from spark3r_stream.stream.global_map import GlobalMapConfig
+    from spark3r_stream.stream.reconstructor import ReconstructionConfig
+
+    spec, source = load_launch_file(
+        "replay_tum_da3_metric", ["capture.path=/d", "reconstruction.weights=/w.safetensors"]
+    )
+    params = {node.kind: node.config["params"] for node in resolve(spec, source, tmp_path, "t")}
+    config = from_dict(ReconstructionConfig, params["reconstruction"])
+    assert (config.model, config.weights) == ("da3-nested-giant-large", "/w.safetensors") and config.spark3r
+    assert from_dict(GlobalMapConfig, params["fusion"]["map"]).min_confidence > 1.0  # sky: confidence exactly 1
+
+
+def test_window_reconstructor_gets_metres_from_the_nested_net(models):
+    from spark3r_stream.spark3r import accelerate, disable
+    from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+
+    _, nested = models
+    accelerate(nested)
+    try:
+        reconstructor = WindowReconstructor(nested, ReconstructionConfig(refresh_budget=1))
+        rng = np.random.default_rng(5)
+        for k in range(4):
+            reconstructor.add_keyframe(k, rng.integers(0, 256, (56, 70, 3), dtype=np.uint8))
+        out = reconstructor.run(1, (0, 1, 2, 3))
+    finally:
+        disable(nested)
+    assert out.depth.shape == (4, 56, 70) and np.isfinite(out.depth).all() and (out.depth > 0).all()
+    assert [layer["path"] for layer in out.plan["layers"]][0].startswith("da3.backbone.pretrained.blocks.")
