@@ -53,6 +53,8 @@ class LiveRun:
     t_ready: float
     t_sigint: float
     t_exit: float
+    t_drop: float | None = None  # when the server cut the camera's connection (drop_at_s), and how many it cut
+    num_dropped: int = 0
     launch_args: list[str] = field(default_factory=list)
 
     @property
@@ -71,11 +73,13 @@ def run_live_stream(
     seed: int = 0,
     step_m: float = HANDHELD_STEP_M,
     turn_deg: float = HANDHELD_TURN_DEG,
+    drop_at_s: float | None = None,
     overrides: Sequence[str] = (),
 ) -> LiveRun:
     """Serve `frames` rendered views (played forwards and backwards) at `fps`, run live_camera.yaml on the stream for
     `seconds` after the pipeline is ready (and until fusion has fused a window), then SIGINT the launcher and wait for it. Raises RuntimeError (with the
-    launcher's output) if the pipeline never gets ready or does not stop; never kills anything it did not start."""
+    launcher's output) if the pipeline never gets ready or does not stop; never kills anything it did not start.
+    `drop_at_s`: cut the camera's connection that many seconds into the bounded run (a network drop)."""
     from spark3r_stream.synth import render_sequence
 
     out = Path(out)
@@ -123,7 +127,15 @@ def run_live_stream(
                     )
                 time.sleep(0.05)
             t_ready = time.time()
-            time.sleep(seconds)  # the bounded live run: the server keeps publishing in its own thread
+            # the bounded live run: the server keeps publishing in its own thread
+            if drop_at_s is not None and 0 <= drop_at_s < seconds:
+                time.sleep(drop_at_s)
+                t_drop = time.time()
+                num_dropped = server.drop_clients()
+                time.sleep(seconds - drop_at_s)
+            else:
+                t_drop, num_dropped = None, 0
+                time.sleep(seconds)
             # ... and at least one window fused (a machine under load), else the outputs would hold no pose
             if not fused.wait(max(0.0, deadline - time.monotonic())) or proc.poll() is not None:
                 raise RuntimeError(
@@ -154,6 +166,8 @@ def run_live_stream(
         t_ready=t_ready,
         t_sigint=t_sigint,
         t_exit=t_exit,
+        t_drop=t_drop,
+        num_dropped=num_dropped,
         launch_args=args[3:],
     )
 
@@ -208,6 +222,10 @@ def figures_of(run: LiveRun) -> dict[str, Any]:
         "keyframe_lag_p50_s": round(float(np.percentile(lags, 50)), 3) if lags else None,
         "keyframe_lag_p95_s": round(float(np.percentile(lags, 95)), 3) if lags else None,
         "keyframe_lag_max_s": round(max(lags), 3) if lags else None,
+        # lag over time: a pipeline that keeps up has the same lag in both halves of the run; one falling behind not
+        "keyframe_lag_p95_first_half_s": _p95(lags[: len(lags) // 2]),
+        "keyframe_lag_p95_second_half_s": _p95(lags[len(lags) // 2 :]),
+        "keyframes_per_s": round((acc.get("keyframes_sent") or 0) / stream_s, 2) if stream_s > 0 else None,
         "window_run_max_s": round(max(run_times_s(report), default=0.0), 3),
         "newest_posed_frame_age_at_stop_s": round(run.t_sigint - times[-1], 3) if times else None,
         "all_frames_accounted": acc.get("all_frames_accounted"),
@@ -223,9 +241,13 @@ def live_stream_figures(
     frames: int = 120,
     out: str | Path | None = None,
     overrides: Sequence[str] = (),
+    quick: bool = False,
 ) -> dict[str, Any]:
     """Run the live stream for `seconds` at `fps` and return its figures: frames offered by the server / captured /
-    processed / dropped stale, keyframe lag p50/p95 (selection -> first pose), wall time."""
+    processed / dropped stale, keyframe lag p50/p95 (selection -> first pose), wall time. `quick`: a CI smoke run
+    (6 s of 120x160 frames)."""
+    if quick:
+        seconds, height, width, frames = min(seconds, 6.0), 120, 160, 60
     with tempfile.TemporaryDirectory(prefix="spark3r-live-") as tmp:
         run = run_live_stream(
             Path(out) if out is not None else Path(tmp) / "live",
@@ -241,6 +263,10 @@ def live_stream_figures(
         figures = figures_of(run)
     figures.update(fps=fps, height=height, width=width)
     return figures
+
+
+def _p95(values: Sequence[float]) -> float | None:
+    return round(float(np.percentile(values, 95)), 3) if len(values) else None
 
 
 def _tum_times(path: Path) -> list[float]:

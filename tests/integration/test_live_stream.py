@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 FPS = 30.0
 STREAM_S = 6.0  # the bounded live run, after the pipeline is ready
+DROP_AT_S = 2.0  # the server cuts the camera's connection this far into it: the capture node reopens the stream
 # Generous bounds, far from what a working run shows (frames a few ms old, lag about two window runs) and far below
 # what a pipeline that queues frames or runs shows on a run of this length:
 MAX_FRAME_AGE_S = 1.0  # a frame's capture time after the server published it (the grabber reads at once)
@@ -39,7 +40,7 @@ def images():
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("live")
-    return run_live_stream(out, seconds=STREAM_S, fps=FPS, frames=60, height=120, width=160)
+    return run_live_stream(out, seconds=STREAM_S, fps=FPS, frames=60, height=120, width=160, drop_at_s=DROP_AT_S)
 
 
 def test_outputs_are_written_after_sigint(live_run):
@@ -89,6 +90,16 @@ def test_stale_frames_are_dropped_and_counted(live_run):
         source.get("dropped_stale", 0) + acc["frames_unsent"] + acc["frames_stale_dropped"]
     )
     assert figures["frames_processed"] == acc["frames_received"] >= FPS
+
+
+def test_a_dropped_connection_is_reopened_and_the_run_goes_on(live_run):
+    report = read_report(live_run.out)
+    capture = report["pipeline"]["nodes"]["capture"]
+    assert live_run.num_dropped == 1 and live_run.server.connections == 2
+    assert capture["report"]["source_counters"]["reconnects"] == 1
+    assert capture["exit_codes"] == [0] and capture["restarts"] == 0  # reopened inside the node, not respawned
+    times = np.array([row[0] for row in tum_rows(live_run.out / "trajectory.tum")])
+    assert np.sum(times > live_run.t_drop + 1.0) >= FPS  # a second of frames at least after the drop
 
 
 def test_keyframe_lag_is_bounded_by_the_window_runs(live_run):
