@@ -38,18 +38,20 @@ def body(ctx: NodeContext) -> int:
             step.on_keyframe(keyframe)
             return keyframe if forwards else None
 
-        reconstruct = timer.wrap("reconstruct_window", lambda _request: step.run_pending())
+        reconstruct = timer.wrap("reconstruct_window", lambda _: step.run_pending())
 
-        def run_newest() -> WindowResult | None:
-            return None if step.pending is None else reconstruct(step.pending)
+        def run_waiting() -> WindowResult | None:
+            return reconstruct(None) if step.pending else None
 
-        def run_last() -> WindowResult | None:  # end of stream: the last request still runs
-            try:
-                return run_newest()
-            except Exception:  # the run's failure must not keep end-of-stream from going downstream
-                step.counters["dropped.handler_failed"] += 1
-                log.exception("%s: the last window run failed", ctx.name)
-                return None
+        def run_rest() -> list[WindowResult]:  # end of stream: what still waits runs
+            results = []
+            while step.pending:
+                try:
+                    results.append(reconstruct(None))
+                except Exception:  # a failed run must not keep end-of-stream from going downstream
+                    step.counters["dropped.handler_failed"] += 1
+                    log.exception("%s: a window run at the end of the stream failed", ctx.name)
+            return [r for r in results if r is not None]
 
         # requests "latest": a request waits until the input queue is empty and a newer one supersedes it (never a
         # keyframe: ReconstructionStep.offer); once stopping, NodeLoop hands out no further request and runs no idle
@@ -57,8 +59,8 @@ def body(ctx: NodeContext) -> int:
         loop.on(Keyframe, timer.wrap("store_keyframe", on_keyframe))
         if config.requests == "latest":
             loop.on(WindowRequest, step.offer)
-            loop.on_idle(run_newest)
-            loop.on_end(run_last)
+            loop.on_idle(run_waiting)
+            loop.on_end(run_rest)
         else:  # every request in order (a lossless replay: the single-process run's map)
             loop.on(WindowRequest, timer.wrap("reconstruct_window", step.on_request))
         try:

@@ -22,6 +22,7 @@ BENCHMARKS = (
     "encoder_cache",
     "backend",
     "faults",
+    "streaming",
 )
 
 
@@ -170,7 +171,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise Spark3RError(f"demo --frames {args.frames}: expected >= 1")
     overrides = [f"capture.frames={args.frames}"] if args.frames else []
-    return _run_launch_file("demo", args.out, overrides + viewer_overrides(args), args.single_process)
+    file, out = ("long_window", args.out or "runs/long") if args.long else ("demo", args.out or "runs/demo")
+    return _run_launch_file(file, out, overrides + viewer_overrides(args), args.single_process)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -292,8 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (e.g. --quick)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("demo", help="the whole pipeline on a bundled synthetic sequence (launch/demo.yaml)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--out", help="output folder (default: runs/demo, with --long runs/long)")
     p.add_argument("--frames", type=int, help="frames of the synthetic sequence (default: the launch file's)")
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="the long stream instead (launch/long_window.yaml): 3,000 frames at 30 fps, windows up to 1,000 keyframes",
+    )
     p.add_argument("--single-process", action="store_true", help="every step in this process (no ZeroMQ)")
     add_viewer_options(p)
     p.set_defaults(func=cmd_demo)

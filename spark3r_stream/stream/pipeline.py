@@ -123,11 +123,11 @@ class ReconstructionStep:
 
     Two ways to take requests: `on_request` runs each one at once (the single-process `Pipeline`: every request, in
     order); the node `offer`s them and calls `run_pending` whenever its input queue is empty, so a request that a
-    newer one reaches before its run starts is superseded (latest-wins on requests, never on keyframes: every keyframe
-    is still stored, and the superseding run also holds the superseded request's keyframes that no run has posed,
-    with anchors fusion can align on). Runs then follow each other back to back and each takes every keyframe that
-    arrived during the previous one: the re-run cadence adapts to the run time, and keyframe lag stays bounded by
-    about two run times whatever the window size. The dense heads still decode only the never-decoded keyframes plus
+    newer run of the same window reaches before its run starts is superseded (latest-wins on requests, never on
+    keyframes: every keyframe is still stored, and the superseding request holds all of the superseded one's; a closed
+    window's last run is never superseded). Runs then follow each other back to back and each takes every keyframe
+    that arrived during the previous one: the re-run cadence adapts to the run time, and keyframe lag stays bounded
+    by about two run times whatever the window size. The dense heads still decode only the never-decoded keyframes plus
     the refresh budget (WindowReconstructor.dense_selection).
     """
 
@@ -136,8 +136,8 @@ class ReconstructionStep:
         self.name = name  # in the log lines
         self.counters: Counter[str] = Counter()
         self.plans: list[Any] = []
-        self.pending: WindowRequest | None = None  # the next run (streaming); `offer` replaces or merges it
-        self._num_superseded = 0  # requests the pending one superseded
+        # waiting runs (streaming), the newest per window (`offer`), each with the number of requests it superseded
+        self.pending: list[tuple[WindowRequest, int]] = []
         self._posed: set[int] = set()  # stored keyframes that a finished run held
         self.runs: list[dict[str, Any]] = []  # one row per run, the newest MAX_TIMELINE (bench_streaming reads them)
         self.first_pose_s: dict[int, float] = {}  # keyframe_id -> wall time (time.time()) of its first run's end
@@ -146,38 +146,27 @@ class ReconstructionStep:
         self.reconstructor.add_keyframe(keyframe.keyframe_id, keyframe.image)
 
     def offer(self, request: WindowRequest) -> None:
-        """Keep `request` as the next run; a pending older request is superseded by it (counted
-        `superseded.window_request`), its keyframes that no run has posed joining the newer one."""
-        if self.pending is not None:
+        """Queue `request`; the waiting request it holds every keyframe of (an earlier run of the same growing
+        window) is superseded, counted `superseded.window_request`. A request it does not cover (a closed window's
+        last run) is kept, so every window still gets its full-size run and every keyframe a pose."""
+        superseded = 0
+        if self.pending and set(self.pending[-1][0].keyframe_ids) <= set(request.keyframe_ids):
+            superseded = self.pending.pop()[1] + 1
             self.counters["superseded.window_request"] += 1
-            self._num_superseded += 1
-            request = self.merge(self.pending, request)
-        self.pending = request
+        self.pending.append((request, superseded))
 
     def run_pending(self) -> WindowResult | None:
-        """Run the pending request, if any (the node calls this whenever its input queue is empty, and at the end)."""
-        request, self.pending = self.pending, None
-        return None if request is None else self.on_request(request)
+        """Run the oldest waiting request, if any (the node calls this whenever its input queue is empty, and until
+        none is left at the end)."""
+        if not self.pending:
+            return None
+        request, superseded = self.pending.pop(0)
+        return self.on_request(request, superseded=superseded)
 
-    def merge(self, older: WindowRequest, newer: WindowRequest) -> WindowRequest:
-        """The run that replaces `older` and `newer`: `newer`, plus `older`'s keyframes that no run has posed, plus
-        `older`'s newest posed keyframes where the run would otherwise hold fewer posed ones than `newer` shares with
-        `older` (fusion aligns the run on them, as on a new window's overlap). Within one growing window this is
-        `newer` itself; across a window boundary the run may exceed max_window by those keyframes."""
-        newer_ids = set(newer.keyframe_ids)
-        ids = newer_ids.union(k for k in older.keyframe_ids if k not in self._posed)
-        wanted = max(len(newer_ids.intersection(older.keyframe_ids)), 1) - len(ids & self._posed)
-        if wanted > 0:
-            ids.update([k for k in older.keyframe_ids if k in self._posed and k not in ids][-wanted:])
-        if ids == newer_ids:
-            return newer
-        return WindowRequest(window_id=newer.window_id, keyframe_ids=tuple(sorted(ids)))
-
-    def on_request(self, request: WindowRequest) -> WindowResult | None:
+    def on_request(self, request: WindowRequest, superseded: int = 0) -> WindowResult | None:
         ids = tuple(k for k in request.keyframe_ids if k in self.reconstructor.images)
         if len(ids) < len(request.keyframe_ids):
             self.counters["dropped.missing_keyframes"] += len(request.keyframe_ids) - len(ids)
-        superseded, self._num_superseded = self._num_superseded, 0
         if not ids:
             self.counters["dropped.empty_window"] += 1
             return None

@@ -101,3 +101,44 @@ def test_bench_backend_quick_runs_every_back_end(capsys, tmp_path):
     centres = {"estimate": np.zeros((3, 3)), "truth": np.eye(3)}
     bench_backend.plot("demo", {"a": centres}, tmp_path / "demo.png")
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_streaming_quick_poses_every_frame_with_spark3r_and_dense(capsys):
+    from benchmarks import bench_streaming
+
+    before = sorted(RESULTS.iterdir())
+    assert bench_streaming.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["setting"] for r in rows] == ["Spark3R", "dense"]
+    for row in rows:
+        assert row["frames_lost"] == "0 / 0 / 0" and not row["capped"]
+        assert row["frames_posed"] == row["frames"] == bench_streaming.QUICK["frames"]  # every frame posed
+        assert row["num_posed"] == row["num_selected"] > 0  # every keyframe reached a window run
+        assert row["max_window"] <= bench_streaming.QUICK["max_window"] + 8  # + a superseded run's unposed keyframes
+        assert set(row["rss_mb"]) == set(bench_streaming.NODES) and all(v > 0 for v in row["rss_mb"].values())
+    for section in ("## Keyframe lag over time", "## Per-run latency against window size", "## Peak RSS per node"):
+        assert section in out
+    assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
+
+
+def test_bench_streaming_tables_the_live_stream_figures(monkeypatch, tmp_path):
+    """--live calls benchmarks/live_stream.py's live_stream_figures with the arguments it takes."""
+    import argparse
+    import sys
+    import types
+
+    from benchmarks import bench_streaming
+
+    calls = []
+
+    def live_stream_figures(out, quick=False):
+        calls.append((out, quick))
+        return {"frames_offered": 300, "frames_processed": 120, "frames_dropped_stale": 180, "lag": {"p95_s": 0.4}}
+
+    monkeypatch.setitem(
+        sys.modules, "benchmarks.live_stream", types.SimpleNamespace(live_stream_figures=live_stream_figures)
+    )
+    figures = bench_streaming.live_figures(argparse.Namespace(quick=True), tmp_path)
+    assert calls == [(tmp_path / "live", True)] and figures["frames_dropped_stale"] == 180
+    assert "| lag.p95_s | 0.4 |" in bench_streaming.live_table(figures)
