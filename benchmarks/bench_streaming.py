@@ -2,7 +2,7 @@
 the other in one run: per-run latency against window size, keyframe lag (selection -> first pose) p50/p95 over time,
 keyframes/s sustained, peak RSS per node, frames lost and posed; a plot beside the table.
 
-    python -m benchmarks.bench_streaming [--frames 3000] [--dense-cap-s 900] [--live] [--quick] [--keep DIR]
+    python -m benchmarks.bench_streaming [--frames 3000] [--dense-cap-s 480] [--window-run 1000] [--live] [--quick]
 
 Both runs go through the launcher exactly as `spark3r demo --long` does (four processes, the synthetic replay paced at
 30 fps, latest-wins window requests). The dense run is stopped with SIGINT after --dense-cap-s; its outputs and
@@ -12,6 +12,7 @@ fusion's per-window time is reported beside it. A keyframe no run posed before t
 
 `--live`: when benchmarks/live_stream.py exists, its `live_stream_figures(...)` (a live MJPEG stream through
 launch/live_camera.yaml: frames offered / processed / dropped stale, lag) is called and its figures are tabled.
+Then one window of --window-run keyframes alone in this process (2 torch threads): the issue's target run.
 `--quick` (CI smoke run): a few seconds of stream per setting, windows of 16, no result files.
 """
 
@@ -22,6 +23,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ SETTINGS = {"Spark3R": [], "dense": ["--set", "reconstruction.spark3r=false"]}
 NODES = ("capture", "keyframes", "reconstruction", "fusion")
 QUICK = {"frames": 48, "max_window": 16, "cap_s": 120.0}
 LAG_BIN_S = 10.0  # keyframes are grouped by selection time into spans of this length for the lag over time
+STOP_WAIT_S = 5  # after SIGINT, before a second one to the reconstruction node (a dense run can take minutes)
 STOP_GRACE_S = 120  # after SIGINT: the launcher's own shutdown (SIGTERM after shutdown_timeout_s, then SIGKILL)
 
 
@@ -60,7 +63,11 @@ def run_stream(setting: str, frames: int, out: Path, cap_s: float | None, extra:
         except subprocess.TimeoutExpired:
             capped = True
             proc.send_signal(signal.SIGINT)  # every node writes its outputs and report on the way out
-            proc.wait(timeout=STOP_GRACE_S)
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:  # a node in the middle of a long run: a second SIGINT interrupts it
+                interrupt_node(log_path, "reconstruction")
+                proc.wait(timeout=STOP_GRACE_S)
     wall_s = time.perf_counter() - start
     report_path = out / "report.json"
     if not report_path.exists():
@@ -68,6 +75,17 @@ def run_stream(setting: str, frames: int, out: Path, cap_s: float | None, extra:
     if proc.returncode not in (0, 130) and not capped:
         raise RuntimeError(f"{setting} run failed (exit {proc.returncode}); see {log_path}")
     return {"report": json.loads(report_path.read_text()), "wall_s": wall_s, "capped": capped, "out": out}
+
+
+def interrupt_node(log_path: Path, node: str) -> None:
+    """SIGINT to a node process of this run (its pid from the launcher's 'started (pid N)' line): a node already
+    stopping takes a second SIGINT as KeyboardInterrupt, leaves its model run and writes its report."""
+    pids = re.findall(rf"^\[{node}\] launcher: started \(pid (\d+)\)", log_path.read_text(), flags=re.MULTILINE)
+    if pids:
+        try:
+            os.kill(int(pids[-1]), signal.SIGINT)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
 
 
 def node_report(report: dict[str, Any], node: str) -> dict[str, Any]:
@@ -170,6 +188,42 @@ def live_figures(args: argparse.Namespace, work: Path) -> dict[str, Any] | None:
     return module.live_stream_figures(**{k: v for k, v in offered.items() if k in accepted})
 
 
+def window_run(num_keyframes: int, threads: int, stride: int = 4) -> dict[str, Any]:
+    """The target's run in isolation: one window of `num_keyframes` keyframes (synthetic handheld frames) with Spark3R,
+    re-run after `stride` new keyframes, with the encoder cache and the streaming head schedule (dense heads on the
+    new keyframes plus the refresh budget); `threads` torch threads. The re-run is timed; the first run encodes all."""
+    import torch
+
+    from spark3r_stream.sources.synthetic import SyntheticSource
+    from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+
+    torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        reconstructor = WindowReconstructor.from_config(ReconstructionConfig())
+        frames = list(SyntheticSource(seed=1, frames=num_keyframes, path="handheld"))
+        for keyframe_id, frame in enumerate(frames):
+            reconstructor.add_keyframe(keyframe_id, frame.image)
+        start = time.perf_counter()
+        reconstructor.run(0, tuple(range(num_keyframes - stride)))
+        first_s = time.perf_counter() - start
+        start = time.perf_counter()
+        output = reconstructor.run(1, tuple(range(num_keyframes)))
+        rerun_s = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "num_keyframes": num_keyframes,
+        "threads": threads,
+        "first_run_s": round(first_s, 2),
+        "rerun_s": round(rerun_s, 2),
+        "rerun_encode_ms": output.timings["encode_ms"],
+        "rerun_forward_ms": output.timings["forward_ms"],
+        "num_dense": len(output.dense_keyframe_ids),
+    }
+
+
 def live_table(live: dict[str, Any]) -> str:
     return table(
         [{"figure": k, "value": v} for k, v in _flatten(live).items()], [("figure", "figure"), ("value", "value")]
@@ -214,7 +268,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def to_markdown(results: list[dict[str, Any]], live: dict[str, Any] | None, cap_s: float) -> str:
+def to_markdown(
+    results: list[dict[str, Any]], live: dict[str, Any] | None, cap_s: float, isolated: dict[str, Any] | None = None
+) -> str:
     rows = []
     for r in results:
         lag = r["lag"]
@@ -222,7 +278,7 @@ def to_markdown(results: list[dict[str, Any]], live: dict[str, Any] | None, cap_
             {
                 "setting": r["setting"] + (f" (stopped at {cap_s:.0f} s)" if r["capped"] else ""),
                 "wall_s": r["wall_s"],
-                "frames": f"{r['frames_posed']} / {r['frames']}",
+                "frames": f"{r['frames_posed']} / {r['accounting'].get('frames_captured')} / {r['frames']}",
                 "lost": frames_lost(r["accounting"]),
                 "keyframes": f"{lag['num_posed']} / {lag['num_selected']}",
                 "runs": f"{r['num_runs']} ({r['superseded']} superseded)",
@@ -239,12 +295,12 @@ def to_markdown(results: list[dict[str, Any]], live: dict[str, Any] | None, cap_
     columns = [
         ("setting", "setting"),
         ("wall_s", "wall (s)"),
-        ("frames", "frames posed / in"),
+        ("frames", "frames posed / captured / in the stream"),
         ("lost", "lost: frames / keyframes / results"),
         ("keyframes", "keyframes posed / selected"),
         ("runs", "window runs"),
         ("max_window", "largest window"),
-        ("behind", "first superseding run at (keyframes)"),
+        ("behind", "runs fall behind the stride at (keyframes)"),
         ("kps_in", "keyframes/s in"),
         ("kps_posed", "keyframes/s posed"),
         ("p50", "lag p50 (s)"),
@@ -276,6 +332,14 @@ def to_markdown(results: list[dict[str, Any]], live: dict[str, Any] | None, cap_
     text += table(
         latency_rows, [("size", "window (keyframes)")] + [(r["setting"], f"{r['setting']} run (s)") for r in results]
     )
+    if isolated is not None:
+        text += (
+            f"\nOne {isolated['num_keyframes']}-keyframe window alone (this process, {isolated['threads']} torch threads, "
+            "Spark3R, encoder cache, dense heads on the 4 new keyframes plus the refresh budget): re-run "
+            f"**{isolated['rerun_s']:.2f} s** (encode {isolated['rerun_encode_ms'] / 1e3:.2f} s, model "
+            f"{isolated['rerun_forward_ms'] / 1e3:.2f} s, {isolated['num_dense']} decoded densely); the first run, "
+            f"encoding all, {isolated['first_run_s']:.2f} s.\n"
+        )
     text += "\n## Peak RSS per node (MB)\n\n"
     text += table(
         [{"setting": r["setting"], **{n: r["rss_mb"].get(n) for n in NODES}} for r in results],
@@ -285,9 +349,10 @@ def to_markdown(results: list[dict[str, Any]], live: dict[str, Any] | None, cap_
         text += "\n## Live stream (benchmarks/live_stream.py)\n\n" + live_table(live)
     text += (
         "\nLag: the keyframes node's wall time at selection to the end of the first window run that holds the "
-        "keyframe (the reconstruction node, same clock). 'First superseding run': the window size at which runs "
-        "stop keeping the scheduled stride (a newer request replaced a waiting one): from there on the cadence "
-        "follows the run time. Runs that superseded requests still pose their keyframes.\n\n"
+        "keyframe (the reconstruction node, same clock). 'Runs fall behind the stride at': the window size of the "
+        "first run that superseded a waiting request (the backbone no longer keeps the scheduled stride of 4 new "
+        "keyframes): from there on the cadence follows the run time. A stopped run's keyframes that no run posed "
+        "count in 'keyframes posed / selected' and are left out of the lag figures. Runs that superseded requests still pose their keyframes.\n\n"
         f"![long stream: latency, window size, lag, memory]({NAME}.png)\n"
     )
     return text
@@ -297,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=3000)
-    parser.add_argument("--dense-cap-s", type=float, default=900.0, help="stop the dense run after this many seconds")
+    parser.add_argument("--dense-cap-s", type=float, default=480.0, help="stop the dense run after this many seconds")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--live", action="store_true", help="add benchmarks/live_stream.py's figures, if it exists")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: short streams, no result files")
+    parser.add_argument("--window-run", type=int, default=1000, help="time one window of this size alone (0: skip)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for that window run")
     parser.add_argument("--keep", help="keep the runs' output folders here (default: a temporary folder)")
     args = parser.parse_args(argv)
     frames = QUICK["frames"] if args.quick else args.frames
@@ -326,12 +393,15 @@ def main(argv: list[str] | None = None) -> int:
             brief |= {k: result["lag"][k] for k in ("num_selected", "num_posed", "lag_p50_s", "lag_p95_s")}
             print(json.dumps(brief | {"frames_lost": frames_lost(result["accounting"])}), flush=True)
         live = live_figures(args, work) if args.live else None
-        markdown = to_markdown(results, live, cap_s)
+        size = QUICK["max_window"] if args.quick else args.window_run
+        isolated = window_run(size, args.threads) if size else None
+        print(json.dumps({"window_run": isolated}), flush=True)
+        markdown = to_markdown(results, live, cap_s, isolated)
         print(markdown)
         if args.quick:
             plot(results, work / f"{NAME}.png")  # the plotting code runs; nothing is written to results/
             return 0
-    data = {"results": results, "live": live, "dense_cap_s": cap_s}
+    data = {"results": results, "live": live, "dense_cap_s": cap_s, "window_run": isolated}
     plot(results, RESULTS / f"{NAME}.png")
     path = write_results(NAME, head, markdown, data)
     print(f"written to {path} and {RESULTS / f'{NAME}.png'}")

@@ -110,6 +110,8 @@ def test_bench_streaming_quick_poses_every_frame_with_spark3r_and_dense(capsys):
     assert bench_streaming.main(["--quick"]) == 0
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    isolated = rows.pop()["window_run"]  # one window alone: the stride's 4 new keyframes + refresh budget 2 decoded
+    assert isolated["num_keyframes"] == bench_streaming.QUICK["max_window"] and isolated["num_dense"] == 6
     assert [r["setting"] for r in rows] == ["Spark3R", "dense"]
     for row in rows:
         assert row["frames_lost"] == "0 / 0 / 0" and not row["capped"]
