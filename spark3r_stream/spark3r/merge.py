@@ -36,6 +36,9 @@ class MergeIndex:
     merged_rank: torch.Tensor  # [R] flat (group, rank) positions of the merged sources after sorting by similarity
     unmerged_rank: torch.Tensor  # [U] flat (group, rank) positions of the valid sources that stay
     src_invalid: torch.Tensor  # ~src_valid
+    merged_dst_offset: torch.Tensor  # [R] group * D of each merged rank: a source's group is its rank's group
+    merged_src_offset: torch.Tensor  # [R] group * M-width of each merged rank (flat position of the group's row)
+    unmerged_src_offset: torch.Tensor  # [U] the same for the ranks that stay
 
 
 def destination_cells(grid_hw: tuple[int, int], region: tuple[int, int]) -> torch.Tensor:
@@ -122,6 +125,7 @@ def build_merge_index(
     dst_slot = dst_slot.view(num_groups, -1)
     dst_slot = torch.where(dst_valid, dst_slot, dst_slot.gather(1, first)).view(-1)
     assert len(always_kept) + len(unmerged_rank) == S * P - int(num_merged.sum())
+    num_dst = dst.shape[1]
     return MergeIndex(
         dst=dst.to(device),
         dst_valid=dst_valid.to(device),
@@ -135,6 +139,9 @@ def build_merge_index(
         merged_rank=merged_rank.to(device),
         unmerged_rank=unmerged_rank.to(device),
         src_invalid=~src_valid.to(device),
+        merged_dst_offset=((merged_rank // width) * num_dst).to(device),
+        merged_src_offset=((merged_rank // width) * width).to(device),
+        unmerged_src_offset=((unmerged_rank // width) * width).to(device),
     )
 
 
@@ -142,8 +149,8 @@ def build_merge_index(
 class QueryMerge:
     """One layer's merge for one batch: which sources went to which destination, and where every token reads back.
 
-    src_tokens / dst_tokens [B, R]: merged source token and its destination; kept [B, M] sorted token indices of
-    the reduced query sequence; slot [B, N]: row of the reduced sequence whose output each token receives.
+    src_tokens / dst_tokens [B, R]: merged source token and its destination; kept [B, M] token indices of
+    the reduced query sequence (always-kept tokens, then the unmerged sources); slot [B, N]: row of the reduced sequence whose output each token receives.
     """
 
     src_tokens: torch.Tensor
@@ -164,9 +171,24 @@ class QueryMerge:
             out.append(reduced / count[:, None])
         return torch.stack(out)
 
+    def merge_rows(self, q: torch.Tensor) -> torch.Tensor:
+        """Token-major [B, N, C] -> [B, M, C]: the same means as `merge`, gathering whole token rows.
+
+        Only the reduced rows and the merged sources are read; no full-length intermediate is made.
+        """
+        out = []
+        for b in range(q.shape[0]):
+            reduced = q[b].index_select(0, self.kept[b])
+            reduced.index_add_(0, self.dst_slot[b], q[b].index_select(0, self.src_tokens[b]))
+            count = torch.ones(reduced.shape[0], dtype=q.dtype, device=q.device)
+            count.index_add_(0, self.dst_slot[b], torch.ones_like(self.dst_slot[b], dtype=q.dtype))
+            out.append(reduced.div_(count[:, None]))
+        return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+
     def unmerge(self, out: torch.Tensor) -> torch.Tensor:
         """[B, M, C] -> [B, N, C]: each merged source receives a copy of its destination's output (one gather)."""
-        return torch.stack([out[b].index_select(0, self.slot[b]) for b in range(out.shape[0])])
+        rows = [out[b].index_select(0, self.slot[b]) for b in range(out.shape[0])]
+        return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
 def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
@@ -185,16 +207,16 @@ def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
     # the source norm does not change its argmax, only its rank among the group's sources: divide after the max
     best = (best / src_feat.norm(dim=-1).clamp_min(1e-12)).view(B, groups, width)
     best = best.masked_fill(index.src_invalid, float("-inf"))
-    order = best.sort(dim=-1, descending=True, stable=True).indices
-    order = (order + torch.arange(groups, device=metric.device)[:, None] * width).view(B, -1)  # flat (group, src)
-    merged_pos = order.index_select(1, index.merged_rank)  # [B, R]
-    unmerged_pos = order.index_select(1, index.unmerged_rank)
-    dst_pos = best_dst.view(B, -1).gather(1, merged_pos) + (merged_pos // width) * D  # flat (group, dst)
+    order = best.sort(dim=-1, descending=True, stable=True).indices.view(B, -1)  # per group: source rank -> source
+    # flat (group, src) positions; a rank's group is static, so its offsets are precomputed in the index
+    merged_pos = order.index_select(1, index.merged_rank) + index.merged_src_offset  # [B, R]
+    unmerged_pos = order.index_select(1, index.unmerged_rank) + index.unmerged_src_offset
+    dst_pos = best_dst.view(B, -1).gather(1, merged_pos) + index.merged_dst_offset  # flat (group, dst)
     src_flat, dst_flat = index.src.view(-1), index.dst.view(-1)
-    src_tokens = src_flat[merged_pos]
-    dst_tokens = dst_flat[dst_pos]
-    dst_slot = index.dst_slot[dst_pos]
-    kept = torch.cat([index.always_kept.expand(B, -1), src_flat[unmerged_pos]], dim=1)
+    src_tokens = src_flat.take(merged_pos)
+    dst_tokens = dst_flat.take(dst_pos)
+    dst_slot = index.dst_slot.take(dst_pos)
+    kept = torch.cat([index.always_kept.expand(B, -1), src_flat.take(unmerged_pos)], dim=1)
     slot = torch.empty(B, N, dtype=torch.long, device=metric.device)
     slot.scatter_(1, kept, torch.arange(index.num_kept, device=metric.device).expand(B, -1))
     slot.scatter_(1, src_tokens, dst_slot)

@@ -29,6 +29,15 @@ def project_kept_kv(
 
     Exactly the rows a full projection would give (both are per-token maps), at Nk/N of its cost.
     """
+    k, v = project_kept_kv_rows(attn, x, pos, index)
+    return k.transpose(1, 2), v.transpose(1, 2)
+
+
+def project_kept_kv_rows(
+    attn: Attention, x: torch.Tensor, pos: torch.Tensor | None, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`project_kept_kv` token-major ([B, Nk, heads, d]): one GEMM over the k and v rows of `qkv` for the kept tokens."""
     x_kept = x.index_select(1, index)
     pos_kept = None if pos is None else pos.index_select(1, index)
-    return attn.project(x_kept, pos_kept, "k"), attn.project(x_kept, pos_kept, "v")
+    k, v = attn.project_rows(x_kept, pos_kept, "kv")
+    return k, v

@@ -13,7 +13,7 @@ from spark3r_stream.models.layers.attention import Attention, TokenLayout, sdpa
 from spark3r_stream.models.targets import ReductionTargets
 from spark3r_stream.spark3r.merge import MergeIndex, build_merge_index, match_queries
 from spark3r_stream.spark3r.plan import ReductionPlan, Spark3RConfig, make_plan
-from spark3r_stream.spark3r.prune import kv_token_index, project_kept_kv
+from spark3r_stream.spark3r.prune import kv_token_index, project_kept_kv_rows
 
 
 @dataclass
@@ -84,18 +84,26 @@ class GlobalReducer:
         if self.layer == 0:
             session.publish(plan)
         step = plan.layers[self.layer]
-        B, N, _ = x.shape
+        B, N, C = x.shape
         if step.num_keys == N:
             q, k, v = attn.project_qkv(x, pos)  # the dense projection: factors 1 reproduce dense exactly
+            if step.num_queries == N:
+                return attn.project_out(sdpa(q, k, v))
+            q = q.transpose(1, 2).reshape(B, N, C)  # token-major rows for the merge (off the paper's factors only)
         else:
-            q = attn.project(x, pos, "q")
-            k, v = project_kept_kv(attn, x, pos, session.kv_index(layout, step.r_kv, x.device))
-        if step.num_queries == N:
-            return attn.project_out(sdpa(q, k, v))
-        metric = q.transpose(1, 2).reshape(B, N, -1) if plan.similarity == "query" else x
+            # token-major rows throughout: the merge gathers whole tokens and the metric is a view, not a copy
+            (q,) = attn.project_rows(x, pos, "q")
+            q = q.reshape(B, N, C)
+            k, v = project_kept_kv_rows(attn, x, pos, session.kv_index(layout, step.r_kv, x.device))
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            if step.num_queries == N:
+                return attn.project_out(sdpa(q.view(B, N, attn.num_heads, -1).transpose(1, 2), k, v))
+        metric = q if plan.similarity == "query" else x
         merge = match_queries(metric, session.merge_index(layout, plan, x.device))
+        q_reduced = merge.merge_rows(q)
+        q_reduced = q_reduced.view(B, q_reduced.shape[1], attn.num_heads, -1).transpose(1, 2)
         # the output projection is per token, so it runs on the M merged rows before the copy-back (§3.1 note)
-        return merge.unmerge(attn.project_out(sdpa(merge.merge(q), k, v)))
+        return merge.unmerge(attn.project_out(sdpa(q_reduced, k, v)))
 
 
 def attached_reducers(model: nn.Module) -> list[tuple[str, Attention]]:

@@ -69,10 +69,12 @@ class Attention(nn.Module):
         B, N, _ = t.shape
         return t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _finish(self, t: torch.Tensor, norm: nn.Module, pos: torch.Tensor | None) -> torch.Tensor:
+    def _finish(
+        self, t: torch.Tensor, norm: nn.Module, pos: torch.Tensor | None, *, token_major: bool = False
+    ) -> torch.Tensor:
         t = norm(t)
         if self.rope is not None and pos is not None:
-            t = self.rope(t, pos)
+            t = self.rope(t, pos, token_major=token_major)
         return t
 
     def project(self, x: torch.Tensor, pos: torch.Tensor | None, part: str) -> torch.Tensor:
@@ -88,6 +90,25 @@ class Attention(nn.Module):
         if part == "v":
             return t
         return self._finish(t, self.q_norm if part == "q" else self.k_norm, pos)
+
+    def project_rows(self, x: torch.Tensor, pos: torch.Tensor | None, parts: str) -> list[torch.Tensor]:
+        """Consecutive parts of q, k, v ("q", "kv", "qkv") for the given tokens, token-major [B, N, heads, d].
+
+        One GEMM over the contiguous rows of `qkv.weight` for all requested parts; q and k normalised and rotated.
+        Token-major rows let a reducer gather and merge whole tokens without a transposed copy.
+        """
+        assert parts in ("q", "kv", "qkv", "k", "v"), parts
+        start = "qkv".index(parts[0])
+        dim = self.num_heads * self.head_dim
+        weight = self.qkv.weight[start * dim : (start + len(parts)) * dim]
+        bias = None if self.qkv.bias is None else self.qkv.bias[start * dim : (start + len(parts)) * dim]
+        B, N, _ = x.shape
+        rows = F.linear(x, weight, bias).view(B, N, len(parts), self.num_heads, self.head_dim).unbind(2)
+        norms = {"q": self.q_norm, "k": self.k_norm}
+        return [
+            t if part == "v" else self._finish(t, norms[part], pos, token_major=True)
+            for part, t in zip(parts, rows, strict=True)
+        ]
 
     def project_qkv(self, x: torch.Tensor, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape

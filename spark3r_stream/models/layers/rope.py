@@ -1,9 +1,12 @@
 """2-D rotary position embedding (VGGT / π³ / DA3 "RoPE2D"): rows rotate the first half of each head, columns the second.
 
-Matches facebookresearch/vggt@44b3afb vggt/layers/rope.py (reference_vggt.md §5.4).
+Matches facebookresearch/vggt@44b3afb vggt/layers/rope.py (reference_vggt.md §5.4). The per-token cos/sin are
+cached per position layout (the same grid is rotated by every block of a forward, and again by the next forward).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -24,11 +27,14 @@ def grid_positions(num_frames: int, h: int, w: int, num_special: int, device=Non
 
 
 class RotaryEmbedding2D(nn.Module):
-    """Rotate-half 2-D RoPE with base `frequency`; no parameters."""
+    """Rotate-half 2-D RoPE with base `frequency`; no parameters (the cos/sin cache is not state)."""
+
+    CACHE_SIZE = 8  # position layouts kept: frame and global grids, the kept-key subsets, a previous window's
 
     def __init__(self, frequency: float = 100.0) -> None:
         super().__init__()
         self.frequency = frequency
+        self._tables: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def _cos_sin(self, half_dim: int, max_position: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = 1.0 / (self.frequency ** (torch.arange(0, half_dim, 2, device=device).float() / half_dim))
@@ -43,14 +49,39 @@ class RotaryEmbedding2D(nn.Module):
         a, b = x.chunk(2, dim=-1)
         return torch.cat([-b, a], dim=-1)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [B, heads, N, D], positions long [B, N, 2] (row, col)."""
-        half_dim = x.shape[-1] // 2
-        cos, sin = self._cos_sin(half_dim, int(positions.max()) + 1, x.device, x.dtype)
-        out = []
-        for axis, part in enumerate(x.chunk(2, dim=-1)):
-            pos = positions[..., axis]
-            c = cos[pos].unsqueeze(1)
-            s = sin[pos].unsqueeze(1)
-            out.append(part * c + self._rotate_half(part) * s)
-        return torch.cat(out, dim=-1)
+    def token_tables(
+        self, positions: torch.Tensor, head_dim: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token cos and signed sin [B, N, head_dim] for `positions` long [B, N, 2], cached by content.
+
+        Row/column halves side by side; the sine carries rotate-half's sign, so that
+        rope(x) = x * cos + swap_quarters(x) * sin (the same products and sum as the official form, bit for bit).
+        """
+        key = (tuple(positions.shape), positions.device, dtype, head_dim, torch.is_inference_mode_enabled())
+        hit = self._tables.get(key)
+        if hit is not None and torch.equal(hit[0], positions):  # content, not identity: a mutated tensor misses
+            self._tables.move_to_end(key)
+            return hit[1], hit[2]
+        half_dim = head_dim // 2
+        cos, sin = self._cos_sin(half_dim, int(positions.max()) + 1, positions.device, dtype)
+        quarter = half_dim // 2
+        sign = torch.ones(half_dim, device=positions.device, dtype=dtype)
+        sign[:quarter] = -1  # rotate_half negates the second quarter and moves it first
+        cos_tok = torch.cat([cos[positions[..., 0]], cos[positions[..., 1]]], dim=-1)
+        sin_tok = torch.cat([sin[positions[..., 0]] * sign, sin[positions[..., 1]] * sign], dim=-1)
+        self._tables[key] = (positions.clone(), cos_tok, sin_tok)
+        while len(self._tables) > self.CACHE_SIZE:
+            self._tables.popitem(last=False)
+        return cos_tok, sin_tok
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, *, token_major: bool = False) -> torch.Tensor:
+        """x [B, heads, N, D] (token_major: [B, N, heads, D]), positions long [B, N, 2] (row, col)."""
+        D = x.shape[-1]
+        assert D % 4 == 0, f"2-D RoPE needs a head dim divisible by 4, got {D}"
+        cos, sin = self.token_tables(positions, D, x.dtype)
+        cos, sin = (cos.unsqueeze(2), sin.unsqueeze(2)) if token_major else (cos.unsqueeze(1), sin.unsqueeze(1))
+        # quarters (a1, b1, a2, b2) -> (b1, a1, b2, a2); the sign of rotate-half lives in `sin`
+        swapped = x.unflatten(-1, (2, 2, D // 4)).roll(1, -2).flatten(-3)
+        out = x * cos
+        out += swapped.mul_(sin)
+        return out

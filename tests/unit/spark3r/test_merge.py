@@ -119,3 +119,10 @@ def test_identical_frames_merge_reproduces_dense_attention():
             torch.testing.assert_close(merged, dense, atol=TIGHT, rtol=TIGHT)
     q, k, v = attn.project_qkv(x, pos)
     torch.testing.assert_close(attn.project_out(sdpa(q, k, v)), dense)
+
+
+def test_row_merge_equals_head_split_merge():
+    layout, _, merge = merged_of(r_q=3, batch=2)
+    q = torch.randn(2, 2, layout.num_frames * layout.tokens_per_frame, 4)
+    rows = merge.merge_rows(q.transpose(1, 2).flatten(2))
+    assert torch.equal(rows, merge.merge(q).transpose(1, 2).flatten(2))
