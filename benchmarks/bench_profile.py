@@ -3,6 +3,12 @@ and peak memory over S — the profile Spark3R attacks. Random weights; each S r
 RSS is its own.
 
     spark3r bench profile [--model vggt-1b] [--size 112] [--frames 2 4 8 16] [--quick]
+
+`--ops` instead profiles the backbone without DPT heads (the fixture architecture of bench_backbone) with
+`torch.profiler` at one S, dense and Spark3R in one process: time per stage and per operator, and what the
+operators inside Spark3R's global attention are (results: bench_profile_ops.md).
+
+    spark3r bench profile --ops [--frames 1000] [--threads 2] [--no-dense]
 """
 
 from __future__ import annotations
@@ -82,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: vggt-tiny, S = 2, 4; results not written")
+    parser.add_argument("--ops", action="store_true", help="torch.profiler split of the fixture backbone at one S")
+    parser.add_argument("--no-dense", action="store_true", help="--ops: profile Spark3R only")
     args = parser.parse_args(argv)
+    if args.ops:
+        return profile_ops(args, argv if argv is not None else sys.argv[1:])
     if args.quick:
         args.model, args.size, args.frames = "vggt-tiny", 112, [2, 4]
     ctx = mp.get_context("spawn")
@@ -118,6 +128,176 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "bench_profile.md").write_text(table)
         (RESULTS / "bench_profile.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    return 0
+
+
+# --- torch.profiler split ------------------------------------------------------------------------------------------
+
+OPS_STAGES = {  # label -> module paths (a ModuleList: each element), fixture VGGT without DPT heads
+    "encoder": ("aggregator.patch_embed",),
+    "frame attention": tuple(f"aggregator.frame_blocks.{i}.attn" for i in range(4)),
+    "frame MLP": tuple(f"aggregator.frame_blocks.{i}.mlp" for i in range(4)),
+    "global attention": tuple(f"aggregator.global_blocks.{i}.attn" for i in range(4)),
+    "global MLP": tuple(f"aggregator.global_blocks.{i}.mlp" for i in range(4)),
+    "camera head": ("camera_head",),
+}
+# what each operator does inside Spark3R's global attention (the reducer's phases)
+GLOBAL_OP_PHASE = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "SDPA (M queries x kept keys)",
+    "aten::addmm": "projections (q on N, k/v on kept, out on M)",
+    "aten::native_layer_norm": "q/k-norm",
+    "aten::mul": "RoPE",
+    "aten::mul_": "RoPE",
+    "aten::add_": "RoPE",
+    "aten::roll": "RoPE",
+    "aten::bmm": "matching (similarity, argmax, ranking)",
+    "aten::max": "matching (similarity, argmax, ranking)",
+    "aten::sort": "matching (similarity, argmax, ranking)",
+    "aten::linalg_vector_norm": "matching (similarity, argmax, ranking)",
+    "aten::div": "matching (similarity, argmax, ranking)",
+    "aten::clamp_min": "matching (similarity, argmax, ranking)",
+    "aten::masked_fill": "matching (similarity, argmax, ranking)",
+    "aten::index_select": "gathers (kept K/V rows, merge, copy-back)",
+    "aten::index_add_": "gathers (kept K/V rows, merge, copy-back)",
+    "aten::take": "gathers (kept K/V rows, merge, copy-back)",
+    "aten::scatter_": "gathers (kept K/V rows, merge, copy-back)",
+}
+
+
+def _stage_of(event, labels: set[str]) -> str | None:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in labels:
+            return parent.name
+        parent = parent.cpu_parent
+    return None
+
+
+def _profile_forward(model, images, forward) -> tuple[float, dict, dict]:
+    """One profiled forward: wall (s), self time per (stage, op) in ms, and total time per stage in ms."""
+    import torch
+    from torch.profiler import profile, record_function
+
+    labels = set(OPS_STAGES)
+    handles, open_ = [], {}
+    for stage, paths in OPS_STAGES.items():
+        for path in paths:
+            module = model.get_submodule(path)
+
+            def pre(m, a, stage=stage):
+                open_[id(m)] = record_function(stage)
+                open_[id(m)].__enter__()
+
+            def post(m, a, o):
+                open_.pop(id(m)).__exit__(None, None, None)
+
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    with torch.inference_mode(), profile() as prof:
+        start = time.perf_counter()
+        forward(images)
+        wall = time.perf_counter() - start
+    for handle in handles:
+        handle.remove()
+    by_op: dict[tuple[str, str], float] = defaultdict(float)
+    by_stage: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.name in labels:
+            by_stage[event.name] += event.cpu_time_total / 1e3
+        elif event.device_type.name == "CPU":
+            by_op[(_stage_of(event, labels) or "other", event.name)] += event.self_cpu_time_total / 1e3
+    return wall, dict(by_op), dict(by_stage)
+
+
+def profile_ops(args, argv: list[str]) -> int:
+    import torch
+
+    from benchmarks.bench_attention import header, write_results
+    from benchmarks.bench_backbone import build_bench_model
+    from spark3r_stream.spark3r import accelerate, disable
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_bench_model("vggt").eval()
+    S = args.frames[0] if args.frames != [2, 4, 8, 16] else 1000
+    images = torch.rand(1, S, 3, args.size, args.size)
+
+    def forward(x):
+        tokens, _ = model.aggregator(x, keep_layers={len(model.aggregator.global_blocks) - 1})
+        model.camera_head(tokens)
+
+    runs = {}
+    for name in ("Spark3R",) if args.no_dense else ("dense", "Spark3R"):
+        accelerate(model) if name == "Spark3R" else disable(model)
+        with torch.inference_mode():
+            forward(images[:, :8])  # warm-up
+            forward(images)  # fills the per-layout caches, as a streaming window's re-run finds them
+        runs[name] = _profile_forward(model, images, forward)
+    names = list(runs)
+    lines = [
+        f"Backbone without DPT heads (fixture VGGT: width 48, 4+4 blocks, 2-block encoder), S = {S}, "
+        f"{args.size}×{args.size}, float32, {args.threads} threads, one profiled forward each after a warm-up, "
+        "same process. Profiler times are CPU time of the calling thread and include the profiler's overhead; the "
+        "machine was shared with a training run and other tests while this ran, so absolute times are inflated — "
+        "read the shares.",
+        "",
+        "## Time per stage (ms)",
+        "",
+        "| stage | " + " | ".join(f"{n} (ms)" for n in names) + " | " + " | ".join(f"{n} share" for n in names) + " |",
+        "|---|" + "---|" * (2 * len(names)),
+    ]
+    totals = {n: sum(runs[n][1].values()) for n in names}
+    for stage in OPS_STAGES:
+        cells = [f"{runs[n][2].get(stage, 0):.0f}" for n in names]
+        shares = [f"{runs[n][2].get(stage, 0) / totals[n]:.0%}" for n in names]
+        lines.append(f"| {stage} | " + " | ".join(cells + shares) + " |")
+    rest = [sum(v for (st, _), v in runs[n][1].items() if st == "other") for n in names]
+    lines.append(
+        "| other (token assembly, normalisation) | "
+        + " | ".join([f"{r:.0f}" for r in rest] + [f"{r / totals[n]:.0%}" for r, n in zip(rest, names, strict=True)])
+        + " |"
+    )
+    lines.append(
+        "| **forward, profiled (wall)** | "
+        + " | ".join(f"{runs[n][0] * 1e3:.0f}" for n in names)
+        + " |"
+        + " |" * len(names)
+    )
+    spark_ops = runs["Spark3R"][1]
+    top = sorted(
+        ((op, sum(v for (_, o), v in spark_ops.items() if o == op)) for op in {o for _, o in spark_ops}),
+        key=lambda item: -item[1],
+    )[:15]
+    lines += ["", "## Spark3R: operators (self time, all stages)", "", "| operator | ms | share |", "|---|---|---|"]
+    lines += [f"| `{op}` | {ms:.0f} | {ms / totals['Spark3R']:.0%} |" for op, ms in top]
+    phases: dict[str, float] = defaultdict(float)
+    for (stage, op), ms in spark_ops.items():
+        if stage == "global attention":
+            phases[GLOBAL_OP_PHASE.get(op, "other (copies, views, index bookkeeping)")] += ms
+    global_total = sum(phases.values())
+    lines += [
+        "",
+        "## Spark3R global attention: where its time goes (by operator)",
+        "",
+        "| phase | ms | share |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {ph} | {ms:.0f} | {ms / global_total:.0%} |" for ph, ms in sorted(phases.items(), key=lambda i: -i[1])
+    ]
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    data = {
+        "frames": S,
+        "runs": {
+            n: {
+                "wall_s": runs[n][0],
+                "stages_ms": runs[n][2],
+                "ops_ms": {f"{st}|{op}": v for (st, op), v in runs[n][1].items()},
+            }
+            for n in names
+        },
+    }
+    write_results("bench_profile_ops", {**header("bench_profile", argv), "bench": "bench_profile_ops"}, markdown, data)
     return 0
 
 
