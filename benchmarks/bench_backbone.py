@@ -141,6 +141,21 @@ def build_bench_model(family: str = "vggt"):
     return model
 
 
+def bf16_change(model, images: torch.Tensor) -> dict[str, float]:
+    """How far the accelerated model's outputs move under CPU bf16 autocast, against float32 on the same input."""
+    outputs = {}
+    for enabled in (False, True):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            outputs[enabled] = {k: v.float() for k, v in model(images).items() if isinstance(v, torch.Tensor)}
+    ref, out = outputs[False], outputs[True]
+
+    def rel(key: str) -> float:
+        return float((out[key] - ref[key]).abs().max() / ref[key].abs().max())
+
+    depth_absrel = float(((out["depth"] - ref["depth"]).abs() / ref["depth"].abs().clamp_min(1e-6)).mean())
+    return {"pose_enc_rel": rel("pose_enc"), "depth_absrel": depth_absrel, "world_points_rel": rel("world_points")}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="bench_backbone", description=__doc__.split("\n")[0])
@@ -237,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             "spark3r_repeats": args.repeats,
         }
         row["achieved_pct"] = 100 * row["speedup"] / row["ideal"]
+        if args.autocast == "bf16":
+            row.update(bf16_change(model, images))  # Spark3R under autocast against Spark3R in float32
         rows.append(row)
         print(json.dumps(row), flush=True)
     heads = DENSE_HEADS[args.model]
@@ -273,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         ("s_dpt", heads),
     ]
     memory = [("frames", "S"), ("dense_peak_mib", "dense peak (MiB)"), ("spark3r_peak_mib", "Spark3R peak (MiB)")]
+    change = [
+        ("frames", "S"),
+        ("pose_enc_rel", "pose_enc: max abs Δ ÷ max abs fp32"),
+        ("depth_absrel", "depth AbsRel vs fp32"),
+        ("world_points_rel", "world_points: max abs Δ ÷ max abs fp32"),
+    ]
     markdown = (
         describe(model, args.size)
         + ", float32"
@@ -293,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         + table(rows, spark_split)
         + "\n## Peak memory\n\n"
         + table(rows, memory)
+        + (
+            "\n## Output change of the bf16 path (Spark3R under bf16 autocast vs Spark3R in float32, same input)\n\n"
+            + table(rows, change)
+            if args.autocast == "bf16"
+            else ""
+        )
     )
     if not args.quick:
         head = {**header("bench_backbone", argv), "bench": name}  # the command names the script, the title the file
