@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -97,6 +98,18 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_load_note(load_start: float) -> str:
+    """One line on how busy the machine was (1-minute load average at the start and the end of the run)."""
+    import os
+
+    cores = os.cpu_count()
+    return (
+        f"Machine load (1-min load average) {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+        f"{cores} cores: above {cores} the machine was shared with other processes, which inflates absolute times "
+        "(Spark3R's many small operators more than dense attention's few large ones); ratios are side by side.\n\n"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -131,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
     C, h = args.width, args.grid
     attn = Attention(C, args.heads, qk_norm=True, rope=RotaryEmbedding2D(100.0)).eval()
     # layer 0 insensitive (l r_KV), layer 1 sensitive (r_KV): the two kinds of layer of the paper's schedule
@@ -230,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         ("match_pct", "matching share (%)"),
     ]
     markdown = (
-        f"One `Attention` layer (width {C}, {args.heads} heads, q/k-norm, 2-D RoPE), {h}×{h} patches + 5 special "
+        machine_load_note(load_start)
+        + f"One `Attention` layer (width {C}, {args.heads} heads, q/k-norm, 2-D RoPE), {h}×{h} patches + 5 special "
         f"tokens per frame, float32, batch 1, {args.threads} thread(s), paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
         "FLOP ratio = dense FLOPs (qkv + attention + proj) ÷ Spark3R FLOPs (q on N, k/v on kept tokens, attention "
         "M×keys, proj on M); the query-matching FLOPs are overhead counted against Spark3R (measured separately "

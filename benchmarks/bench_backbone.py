@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
 
 import torch
 
-from benchmarks.bench_attention import header, peak_rss_bytes, reset_peak_rss, table, write_results
+from benchmarks.bench_attention import header, machine_load_note, peak_rss_bytes, reset_peak_rss, table, write_results
 
 FIXTURES_OF = {"vggt": "vggt_tiny", "pi3": "pi3_tiny", "da3": "da3_tiny"}  # --model -> fixture folder
 
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
     model = build_bench_model(args.model)
     targets = reduction_targets_of(model)
     global_attention = [model.get_submodule(path) for path in targets.global_attention]
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         ("world_points_rel", "world_points: max abs Δ ÷ max abs fp32"),
     ]
     markdown = (
-        describe(model, args.size)
+        machine_load_note(load_start)
+        + describe(model, args.size)
         + ", float32"
         + (" under caller-side bf16 CPU autocast (heads stay float32)" if args.autocast == "bf16" else "")
         + f", {args.threads} threads; paper factors (Eqs. 4–5, l = 3; sensitive global layers "
