@@ -36,11 +36,15 @@ def _catch_early_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_early_signal)
         signal.signal(signal.SIGTERM, _on_early_signal)
+        for notice in (signal.SIGUSR1, signal.SIGUSR2):  # the launcher's respawn notices (NodeLoop) must not kill it
+            signal.signal(notice, signal.SIG_IGN)
 
 
 NODES = ("capture", "keyframes", "reconstruction", "fusion")
 DRAIN_TIMEOUT_S = 3600.0  # normal end: wait at most this long for receivers to take the rest of the stream
 LINGER_STOP_MS = 500  # after SIGINT/SIGTERM (or an error): the consumers are stopping too
+RECONNECT_GRACE_S = 1.0  # an ended sender waits this long after its receiver left, for a respawn notice (SIGUSR1)
+RESTART_ENV = "SPARK3R_RESTART"  # set by the launcher on a respawn: how many times this node was restarted
 log = logging.getLogger("nodes")
 
 
@@ -129,6 +133,15 @@ def run_main(kind: str, body: Callable[[NodeContext], int], argv: Sequence[str] 
         return 1
 
 
+def restart_count() -> int:
+    """How many times the launcher has respawned this node (0 on its first start): a restarted node reloads its
+    persisted state and counts its lossless inputs from the first message it sees."""
+    import os
+
+    value = os.environ.get(RESTART_ENV, "0")
+    return int(value) if value.isdigit() else 0
+
+
 @contextmanager
 def node_loop(ctx: NodeContext, report: Any) -> Iterator[Any]:
     """The node's NodeLoop: endpoints from the config, the node report, and a signal that came in during start-up.
@@ -139,7 +152,13 @@ def node_loop(ctx: NodeContext, report: Any) -> Iterator[Any]:
     from spark3r_stream.transport import NodeLoop
 
     with NodeLoop(
-        ctx.name, ctx.endpoints, report=report, linger_ms=LINGER_STOP_MS, drain_timeout_s=DRAIN_TIMEOUT_S
+        ctx.name,
+        ctx.endpoints,
+        report=report,
+        linger_ms=LINGER_STOP_MS,
+        drain_timeout_s=DRAIN_TIMEOUT_S,
+        is_restart=restart_count() > 0,
+        reconnect_grace_s=RECONNECT_GRACE_S,
     ) as loop:
         if _early_signal:
             loop.stop(_early_signal[0])

@@ -18,7 +18,7 @@ log = logging.getLogger("nodes.capture")
 
 def body(ctx: NodeContext) -> int:
     # imported here, after run_main took over SIGINT/SIGTERM: a stop during a slow import still exits cleanly
-    from spark3r_stream.errors import ConfigError, Spark3RError
+    from spark3r_stream.errors import ConfigError, SourceError, Spark3RError
     from spark3r_stream.sources import open_source
 
     report = ctx.report()
@@ -44,6 +44,9 @@ def body(ctx: NodeContext) -> int:
         finally:
             report.set("source_counters", dict(source.counters))
             source.close()
+        if not loop.counters["sent.frame"] and not loop.is_stopping:  # issue 15: nothing read is not a success
+            skipped = {k: v for k, v in source.counters.items() if v and k != "frames"}
+            raise SourceError(f"source {source.source_id}: yielded no frame" + (f" ({skipped})" if skipped else ""))
     return 0
 
 

@@ -20,13 +20,17 @@ def body(ctx: NodeContext) -> int:
     # imported here, after run_main took over SIGINT/SIGTERM: a stop during a slow import still exits cleanly
     from spark3r_stream.report import StageTimer
     from spark3r_stream.stream.pipeline import KeyframesConfig, KeyframeStep
+    from spark3r_stream.stream.recovery import KeyframeReplay
     from spark3r_stream.transport import Frame
 
     step = KeyframeStep(ctx.config(KeyframesConfig))
-    report, timer = ctx.report(), StageTimer()
+    report, timer, replay = ctx.report(), StageTimer(), KeyframeReplay()
     with node_loop(ctx, report) as loop:
-        loop.on(Frame, timer.wrap("select_keyframe", step.on_frame))
-        loop.on_end(step.on_end)
+        select = timer.wrap("select_keyframe", step.on_frame)
+        loop.on(Frame, lambda frame: replay.observe(select(frame)))
+        loop.on_end(lambda: replay.observe(step.on_end()))
+        if "keyframes" in {ep["edge"] for ep in ctx.endpoints if ep["direction"] == "out" and ep["kind"] == "lossless"}:
+            loop.on_reconnect("keyframes", replay.messages)  # a restarted reconstruction node gets its windows back
         try:
             loop.run()
         finally:

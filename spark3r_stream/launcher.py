@@ -51,6 +51,9 @@ class _Child:
         self.restart_at: float | None = None
         self.done = False
         self.handled = False  # this process's exit was seen
+        self.started_at: float | None = None
+        self.exited_at: float | None = None
+        self.respawn_s: list[float] = []  # from an exit seen to the respawned process's start
         self._threads: list[threading.Thread] = []
 
 
@@ -86,6 +89,10 @@ class Launcher:
 
     def _start(self, child: _Child) -> None:
         env = {**os.environ, **child.node.entry.env, "SPARK3R_RUN_ID": self.run_id, "PYTHONUNBUFFERED": "1"}
+        env["SPARK3R_RESTART"] = str(child.restarts)  # a respawned node reloads its state (nodes.restart_count)
+        child.started_at = time.monotonic()
+        if child.exited_at is not None:
+            child.respawn_s.append(round(child.started_at - child.exited_at, 3))
         child.proc = subprocess.Popen(  # the launcher's working directory: relative paths mean what the user meant
             self._command(child),
             stdout=subprocess.PIPE,
@@ -162,6 +169,7 @@ class Launcher:
     def _on_exit(self, child: _Child, code: int) -> None:
         child.exit_codes.append(code)
         child.handled = True
+        child.exited_at = time.monotonic()
         entry = child.node.entry
         self._say(child, f"exited with code {code}")
         failed = code != 0
@@ -171,10 +179,30 @@ class Launcher:
             delay = entry.restart_delay_s * 2 ** (child.restarts - 1)  # doubling backoff
             child.restart_at = time.monotonic() + delay
             self._say(child, f"respawn {child.restarts}/{entry.max_restarts} in {delay:.1f} s")
+            self._notify_upstreams(child, signal.SIGUSR1)
             return
+        if code == 0 and child.restarts:
+            self._notify_upstreams(child, signal.SIGUSR2)  # the respawned node is done: its producers may end
         child.done = True
         if failed and entry.required and self.stop_reason is None:
             self.shutdown(f"required node {child.node.name!r} failed with code {code}")
+
+    def _notify_upstreams(self, child: _Child, signum: int) -> None:
+        """SIGUSR1 to the running producers of a node about to be respawned: an ended sender then keeps its replay
+        buffer until the new process connects (NodeLoop's respawn notice), instead of taking the dead one's
+        disconnect for a normal end; SIGUSR2 once the respawned node has ended normally."""
+        producers = {
+            name
+            for ep in child.node.config["endpoints"]
+            if ep["direction"] == "in"
+            for name in ep.get("upstream_nodes") or ()
+        }
+        for other in self.children:
+            if other.node.name in producers and other.proc is not None and other.proc.poll() is None:
+                try:
+                    os.kill(other.proc.pid, signum)
+                except ProcessLookupError:
+                    pass
 
     def _supervise_once(self) -> None:
         for child in self.children:
@@ -241,7 +269,7 @@ class Launcher:
         status = EXIT_CONFIG if EXIT_CONFIG in codes else (1 if any(codes) else 0)
         if status == 0 and self.stop_reason in ("SIGINT", "SIGTERM"):
             status = 130 if self.stop_reason == "SIGINT" else 143
-        self.write_report(status)
+        status = self.write_report(status)
         self._remove_run_dirs()
         return status
 
@@ -269,8 +297,10 @@ class Launcher:
         self._pending_signal = signal.Signals(signum).name
 
     # ------------------------------------------------------------------ report
-    def write_report(self, status: int) -> Path:
-        """Merge the nodes' reports into <out>/report.json (fusion's results stay; the pipeline section is added)."""
+    def write_report(self, status: int) -> int:
+        """Merge the nodes' reports into <out>/report.json (fusion's results stay; the pipeline section is added);
+        returns the run's exit code: `status`, or 1 for a run that would have ended 0 but lost or never posed
+        something (status `degraded`, `pipeline.problems` names what)."""
         path = self.out / "report.json"
         report: dict[str, Any] = {}
         if path.is_file():
@@ -290,6 +320,7 @@ class Launcher:
                 "kind": child.node.kind,
                 "exit_codes": child.exit_codes,
                 "restarts": child.restarts,
+                "respawn_s": child.respawn_s,
                 "remote": child.node.entry.remote,
                 "report": data,
             }
@@ -301,12 +332,21 @@ class Launcher:
             "stop_reason": self.stop_reason,
             "wall_s": round(wall_s, 3),
             "nodes": nodes,
-            "accounting": frame_accounting(nodes),
+            "accounting": frame_accounting(nodes, report, self.stop_reason),
         }
+        problems = run_problems(report["pipeline"]["accounting"])
+        if problems:
+            report["pipeline"]["problems"] = problems
+            for problem in problems:
+                log.log(logging.ERROR if status == 0 else logging.WARNING, "launcher: %s", problem)
+        if problems and status == 0:
+            status = report["pipeline"]["exit_code"] = 1
         frames = report["pipeline"]["accounting"].get("frames_captured")
         if frames:
             report["pipeline"]["frames_per_s"] = round(frames / wall_s, 3)
-        if status in (1, EXIT_CONFIG):
+        if problems and report["pipeline"]["exit_code"] == 1 and not any(codes_of(nodes)):
+            report["status"] = "degraded"  # every node ended well, but the books say something is missing
+        elif status in (1, EXIT_CONFIG):
             report["status"] = "failed"
         elif status in (130, 143):
             report["status"] = "interrupted"
@@ -321,7 +361,12 @@ class Launcher:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=2, default=str))
         tmp.replace(path)
-        return path
+        return status
+
+
+def codes_of(nodes: Mapping[str, Mapping[str, Any]]) -> list[int]:
+    """The last exit code of every node that ran here (a signal's negative code included)."""
+    return [entry["exit_codes"][-1] for entry in nodes.values() if entry.get("exit_codes")]
 
 
 def check_local_keys(nodes: Sequence[ResolvedNode], source: Path) -> None:
@@ -340,8 +385,19 @@ def check_local_keys(nodes: Sequence[ResolvedNode], source: Path) -> None:
                 raise ConfigError(f"{source}: nodes.{node.name}: {exc}") from None
 
 
-def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Where every captured frame went, from the node reports: sent, received, lost on the way, keyframe or not."""
+def frame_accounting(
+    nodes: Mapping[str, Mapping[str, Any]],
+    fusion_report: Mapping[str, Any] | None = None,
+    stop_reason: str | None = None,
+) -> dict[str, Any]:
+    """Where every captured frame went, from the node reports: sent, received, lost on the way, keyframe or not.
+
+    Issue 15: captured = received + stale + lost + dropped + unprocessed at stop, always. `frames_dropped` are frames
+    the keyframes node refused (malformed, beyond its size limits); `frames_unprocessed_at_stop` those taken off the
+    socket but not handled after a stop plus those still in flight (sent by capture, never received) when a signal
+    stopped the run; without a signal, frames in flight are `frames_unaccounted` (never expected, a problem).
+    `fusion_report` (report.json) adds what was posed: `keyframes_posed`, `frames_posed` (lines of trajectory.tum).
+    """
 
     def transport(kind: str) -> dict[str, Any]:
         for entry in nodes.values():
@@ -374,6 +430,25 @@ def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             for name, entry in nodes.items()
         },
     }
+    not_dropped = ("dropped.stale", "dropped.stopping", "dropped.unsent", "dropped.duplicate", "dropped.unknown_sender")
+    frames_dropped = sum(v for k, v in keyframes.items() if k.startswith("dropped.") and k not in not_dropped)
+    stopping = keyframes.get("dropped.stopping", 0)
+    if capture:
+        in_flight = (out["frames_captured"] or 0) - sum(
+            (out["frames_received"] or 0, out["frames_stale_dropped"] or 0, out["frames_lost"] or 0)
+        )
+        in_flight -= frames_dropped + stopping
+        was_stopped = stop_reason in ("SIGINT", "SIGTERM")
+        out["frames_captured"] = out["frames_captured"] or 0
+        out["frames_dropped"] = frames_dropped
+        out["frames_unprocessed_at_stop"] = stopping + (in_flight if was_stopped else 0)
+        out["frames_unaccounted"] = 0 if was_stopped else in_flight
+    if fusion_report is not None and capture:
+        posed = (fusion_report.get("keyframes") or {}).get("posed")
+        logged = (fusion_report.get("frames") or {}).get("logged")
+        out["keyframes_posed"] = posed
+        out["frames_posed"] = (logged or 0) if posed else 0  # trajectory.tum: every logged frame once one is posed
+        out["keyframes_resent"] = keyframes.get("resent.keyframe", 0)
     sel = (nodes.get("keyframes", {}).get("report") or {}).get("frames", {})
     if sel:
         out["frames_by_outcome"] = sel
@@ -381,13 +456,40 @@ def frame_accounting(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     out["all_frames_accounted"] = bool(
         captured is not None
         and received is not None
-        and captured == received + (out["frames_stale_dropped"] or 0)
+        and captured
+        == received
+        + (out["frames_stale_dropped"] or 0)
+        + out.get("frames_dropped", 0)
+        + out.get("frames_unprocessed_at_stop", 0)
         and not out["frames_lost"]
         and not out["keyframes_lost"]
         and not out["results_lost"]
         and not out["frame_records_lost"]
     )
     return out
+
+
+def run_problems(acc: Mapping[str, Any]) -> list[str]:
+    """What a run lost or never posed, one line each, from its accounting (empty: nothing missing)."""
+    problems = []
+    if acc.get("frames_captured") == 0:
+        problems.append("no frame was captured")
+    for key in ("frames_lost", "keyframes_lost", "results_lost", "frame_records_lost"):
+        if acc.get(key):
+            problems.append(f"{acc[key]} {key.removesuffix('_lost').replace('_', ' ')} lost on the way")
+    if acc.get("frames_unaccounted"):
+        problems.append(f"{acc['frames_unaccounted']} captured frames neither received nor dropped (unaccounted)")
+    if "keyframes_posed" in acc and acc["keyframes_posed"] is None:
+        problems.append("fusion wrote no results (it did not end normally): no keyframe or frame posed")
+    sent, posed = acc.get("keyframes_sent") or 0, acc.get("keyframes_posed")
+    if posed is not None and posed < sent:
+        problems.append(f"{sent - posed} of {sent} keyframes never posed")
+    captured, in_trajectory = acc.get("frames_captured"), acc.get("frames_posed")
+    expected = (captured or 0) - (acc.get("frames_unprocessed_at_stop") or 0) - (acc.get("frames_dropped") or 0)
+    expected -= acc.get("frames_stale_dropped") or 0
+    if in_trajectory is not None and captured and in_trajectory < expected:
+        problems.append(f"{expected - in_trajectory} of {expected} received frames not in trajectory.tum")
+    return problems
 
 
 def launch(path: str | Path, out: str | Path, overrides: Sequence[str] = (), **kwargs: Any) -> int:

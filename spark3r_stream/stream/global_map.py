@@ -9,6 +9,7 @@ float32 confidence, int32 pixel index), so the default cap of 4 M points is abou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import OrderedDict
@@ -416,3 +417,40 @@ class GlobalMap:
             "trajectory": self.write_trajectory(out_dir / "trajectory.tum"),
             "map": self.write_ply(out_dir / "map.ply"),
         }
+
+    # ---------------------------------------------------------------------------------- persistence (issue 15)
+
+    def export_state(self) -> dict:
+        """The whole map as plain data for `stream.map_store` (a respawned fusion node reloads it): the input
+        frames' times and ground truth, and per keyframe its record (pose, intrinsics, points in its camera frame,
+        revisions) and cached image. Arrays are the map's own: do not mutate them."""
+        keyframes = {}
+        for keyframe_id, record in self._records.items():
+            entry = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+            entry["image"] = self._images.get(keyframe_id)
+            keyframes[keyframe_id] = entry
+        gt_seqs = sorted(self._ground_truth)
+        return {
+            "frame_times": dict(self._frame_times),
+            "ground_truth": {s: self._ground_truth[s] for s in gt_seqs},
+            "keyframes": keyframes,
+            "num_windows": self.num_windows,
+        }
+
+    def import_state(self, state: dict) -> None:
+        """Replace this map's content by `export_state()`'s (as read back by `stream.map_store`)."""
+        names = {f.name for f in dataclasses.fields(_KeyframeRecord)}
+        self._records, self._images = {}, OrderedDict()
+        for keyframe_id in sorted(state["keyframes"]):
+            entry = state["keyframes"][keyframe_id]
+            record = _KeyframeRecord(**{k: v for k, v in entry.items() if k in names})
+            record.image_hw = None if record.image_hw is None else tuple(int(v) for v in record.image_hw)
+            self._records[int(keyframe_id)] = record
+            if entry.get("image") is not None and self.config.max_cached_images > 0:
+                self._images[int(keyframe_id)] = entry["image"]
+        while len(self._images) > self.config.max_cached_images:
+            self._images.popitem(last=False)
+        self._frame_times = {int(s): float(t) for s, t in state["frame_times"].items()}
+        self._ground_truth = {int(s): np.asarray(p, np.float64) for s, p in state["ground_truth"].items()}
+        self.num_windows = int(state["num_windows"])
+        self._fused = None

@@ -64,6 +64,12 @@ persisted state counts each lossless upstream from the first seq it sees; one th
 `export_input_state()` with it and restores it with `import_input_state()`, so a replay is deduplicated against
 what the state already holds; `on_input_end(handler)` runs before an ended input is closed (the sender is released
 then), the moment to make that state durable.
+
+A sender whose stream has ended waits for its receivers to disconnect (see "Closing a lossless output"); it cannot
+tell a receiver that closed its input after the end-of-stream from one that was killed. So after a disconnect it
+waits `reconnect_grace_s` more, and SIGUSR1 (the launcher sends it to the upstreams of a node it is about to respawn)
+keeps it waiting until a receiver reconnects (or SIGUSR2: the respawned receiver ended normally); the respawned
+receiver then gets the replay, end-of-stream included.
 """
 
 from __future__ import annotations
@@ -144,6 +150,7 @@ class _Output:
     replay: deque[tuple[int, list[Any], int]] = field(default_factory=deque)  # (seq, frames, bytes) sent lately
     replay_bytes: int = 0
     lost_peer: bool = False  # a receiver disconnected; its next connection gets the replay
+    disconnected_at: float | None = None  # monotonic time of the last disconnect
     needs_replay: bool = False
 
 
@@ -179,11 +186,14 @@ class NodeLoop:
         replay_max_messages: int = REPLAY_MAX_MESSAGES,
         replay_max_bytes: int = REPLAY_MAX_BYTES,
         is_restart: bool = False,
+        reconnect_grace_s: float = 0.0,
     ) -> None:
         self.name = name
         self.replay_max_messages = replay_max_messages
         self.replay_max_bytes = replay_max_bytes
         self.is_restart = is_restart  # respawned: lossless inputs are counted from the first seq seen
+        self.reconnect_grace_s = reconnect_grace_s
+        self._receiver_respawning = False  # SIGUSR1: a receiver will come back, keep its replay
         self.epoch = time.time_ns() // 1000  # this incarnation, in every header
         self._reconnect_providers: dict[str, Callable[[], Any]] = {}
         self._input_end_handlers: list[Callable[[str], Any]] = []
@@ -235,6 +245,8 @@ class NodeLoop:
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._old_signals[signum] = signal.signal(signum, self._on_signal)
+            self._old_signals[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_respawn_notice)
+            self._old_signals[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._on_respawn_notice)
         log.info("%s: %d input(s), %d output(s) open", self.name, len(self._inputs), len(self._outputs))
         return self
 
@@ -262,7 +274,15 @@ class NodeLoop:
             for out in pending:
                 self._read_monitor(out)
             self._replay_pending()  # a receiver respawned while this node waits for it to finish
-            pending = [out for out in pending if out.peers > 0 or not out.was_connected]
+            now = time.monotonic()
+            pending = [
+                out
+                for out in pending
+                if out.peers > 0
+                or not out.was_connected
+                or self._receiver_respawning
+                or (out.disconnected_at is not None and now - out.disconnected_at < self.reconnect_grace_s)
+            ]
             if not pending or self._stop or time.monotonic() >= deadline:
                 break
             poller.poll(self.poll_ms)
@@ -292,6 +312,7 @@ class NodeLoop:
             elif event == zmq.EVENT_DISCONNECTED:
                 out.peers = max(out.peers - 1, 0)
                 out.lost_peer = True
+                out.disconnected_at = time.monotonic()
 
     def _close(self) -> None:
         if self._context is None:
@@ -336,6 +357,11 @@ class NodeLoop:
             if sock.type == zmq.XPUB:
                 self._poller.register(sock, zmq.POLLIN)  # subscription notifications
         log.debug("%s: %s %s %s (%s)", self.name, "bound" if ep.bind else "connected", ep.edge, ep.address, ep.kind)
+
+    def _on_respawn_notice(self, signum: int, frame: Any) -> None:
+        """SIGUSR1 from the launcher: a downstream node died and is being respawned, wait for it to reconnect;
+        SIGUSR2: a downstream node ended normally (it needs nothing more)."""
+        self._receiver_respawning = signum == signal.SIGUSR1
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop and signum == signal.SIGINT:
@@ -411,6 +437,9 @@ class NodeLoop:
         block: bool | None = None,
         resend: bool = False,
     ) -> Any:
+        if out.monitor is not None and not resend and not out.is_sending:
+            self._read_monitor(out)  # a receiver that came back gets the replay before anything newer
+            self._replay_pending()
         frames = encode(msg, out.seq, node=self.name, epoch=self.epoch)
         kind = out.endpoint.kind
         is_data = topic not in ("heartbeat", "end_of_stream")
@@ -442,12 +471,27 @@ class NodeLoop:
             out.replay_bytes -= out.replay.popleft()[2]
             self.counters[f"replay_evicted.{out.endpoint.edge}"] += 1
 
+    def _replay_one(self, out: _Output, frames: list[Any]) -> bool:
+        """Send one buffered message again, waiting for the receiver; False if it left again (a later reconnect
+        replays anew) or the loop is stopping."""
+        while True:
+            try:
+                out.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                pass
+            out.socket.poll(self.poll_ms, zmq.POLLOUT)
+            self._read_monitor(out)
+            if self._stop or (out.peers == 0 and out.lost_peer):
+                return False
+
     def _replay_pending(self) -> None:
         """Outputs whose receiver reconnected: send the provider's messages, or the buffer again (same seqs)."""
         for out in self._outputs.values():
             if not out.needs_replay or out.is_sending:
                 continue
             out.needs_replay = False
+            self._receiver_respawning = False
             edge = out.endpoint.edge
             self.counters[f"reconnects.{edge}"] += 1
             provider = self._reconnect_providers.get(edge)
@@ -456,18 +500,19 @@ class NodeLoop:
                 items = [] if result is None else [result] if hasattr(type(result), "TOPIC") else list(result)
                 for item in items:
                     self._send_on(out, item, message_type(item).topic, resend=True)
+                if out.eos_sent:  # the stream had ended: the new receiver must learn it too
+                    self._send_on(out, EndOfStream(node=self.name, num_sent=out.num_sent), "end_of_stream")
                 log.info("%s: receiver of %r reconnected; resent %d message(s)", self.name, edge, len(items))
                 continue
             entries = list(out.replay)
-            for _, frames, _ in entries:
-                out.is_sending = True
-                try:
-                    sent = self._send_frames(out, frames, block=not self._stop, track=False)
-                finally:
-                    out.is_sending = False
-                if sent is False:
-                    break
-                self.counters[f"replayed.{edge}"] += 1
+            out.is_sending = True
+            try:
+                for _, frames, _ in entries:
+                    if not self._replay_one(out, frames):
+                        break
+                    self.counters[f"replayed.{edge}"] += 1
+            finally:
+                out.is_sending = False
             first = entries[0][0] if entries else out.seq
             log.info(
                 "%s: receiver of %r reconnected; replayed %d message(s) from seq %d",
