@@ -119,7 +119,7 @@ def test_killed_node_without_respawn_fails_naming_what_is_missing(tmp_path, node
     assert "launcher: " + report["pipeline"]["problems"][0] in run.output
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_writes_outputs_and_the_books_balance(tmp_path, signum):
     out = tmp_path / "out"
     run = start(out, "capture.rate=8")  # frames still coming when the signal arrives
