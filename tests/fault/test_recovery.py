@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rerun.chunk import RrdReader
 
-from tests.integration.conftest import RANDOM, LauncherProcess, read_report
+from tests.integration.conftest import RANDOM, LauncherProcess, read_report, spark3r
 
 pytestmark = pytest.mark.fault
 
@@ -142,3 +142,21 @@ def test_signal_writes_outputs_and_the_books_balance(tmp_path, signum):
     assert trajectory_lines(out / "trajectory.tum") == acc["frames_posed"] > 0
     entities = recording_entities(out / "recording.rrd")
     assert {f"world/keyframes/{k:06d}" for k in range(acc["keyframes_posed"])} <= entities
+
+
+@pytest.mark.parametrize("source", ["corrupt_folder", "tum_missing_files"])
+def test_source_that_yields_no_frame_is_an_error(tmp_path, source):
+    path = tmp_path / source
+    if source == "corrupt_folder":
+        path.mkdir()
+        for i in range(3):
+            (path / f"{i:04d}.png").write_bytes(b"not a png")
+    else:
+        (path / "rgb").mkdir(parents=True)
+        (path / "rgb.txt").write_text("# timestamp filename\n1.0 rgb/1.png\n2.0 rgb/2.png\n")
+    out = tmp_path / "out"
+    result = spark3r("launch", "replay_tum", "--out", str(out), "--set", f"capture.path={path}", "--set", RANDOM)
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert re.search(r"source \S+: yielded no frame \(\{'skipped_unreadable': [23]\}\)", result.stdout), result.stdout
+    report = read_report(out)
+    assert report["status"] == "failed" and report["pipeline"]["nodes"]["capture"]["exit_codes"] == [2]
