@@ -50,7 +50,7 @@ name is served but kept out of the accounting (`from_unknown.<edge>`). Without `
 MAX_UPSTREAMS names are tracked per input, so a sender inventing names cannot grow the node's memory.
 
 At-least-once delivery on lossless edges (issue 15), after the zguide's reliability chapter: sequence numbers per
-sender incarnation (the header's `epoch`), a bounded resend buffer at the sender as in "Titanic"/"Clone"-style
+sender incarnation (the header's optional `epoch`; a sender without one is not deduplicated), a bounded resend buffer at the sender as in "Titanic"/"Clone"-style
 replay, and peer liveness from connection events instead of Lazy Pirate's request timeouts (PUSH/PULL has no reply
 to time out on). Every lossless output keeps what it sent (data, heartbeats, end-of-stream, with their seq) in a
 buffer bounded by `replay_max_messages` and `replay_max_bytes` (the oldest leave first, `replay_evicted.<edge>`).
@@ -680,8 +680,8 @@ class NodeLoop:
             self.counters[f"from_unknown.{inp.endpoint.edge}"] += 1
             self._warn(f"from_unknown.{inp.endpoint.edge}", f"{topic} from {src[:40]!r}, not an upstream; served")
             up = _Upstream()  # served, but kept out of the sequence accounting
-        elif inp.endpoint.kind == "lossless" and self._seen_before(inp, up, header, msg):
-            return
+        elif inp.endpoint.kind == "lossless" and "epoch" in header and self._seen_before(inp, up, header, msg):
+            return  # a sender without an epoch (not a NodeLoop) gets no deduplication: its seqs may repeat
         if up.last_seq is not None and header["seq"] > up.last_seq + 1:
             missing = header["seq"] - up.last_seq - 1
             up.gaps += missing
