@@ -44,7 +44,10 @@ NODES = ("capture", "keyframes", "reconstruction", "fusion")
 QUICK = {"frames": 48, "max_window": 16, "cap_s": 120.0}
 LAG_BIN_S = 10.0  # keyframes are grouped by selection time into spans of this length for the lag over time
 STOP_WAIT_S = 5  # after SIGINT, before a second one to the reconstruction node (a dense run can take minutes)
-STOP_GRACE_S = 120  # after SIGINT: the launcher's own shutdown (SIGTERM after shutdown_timeout_s, then SIGKILL)
+SHUTDOWN_TIMEOUT_S = 60  # the launcher's wait after SIGINT, and again after SIGTERM, in a stopped run
+STOP_GRACE_S = (
+    3 * SHUTDOWN_TIMEOUT_S
+)  # after SIGINT: the launcher's own shutdown (SIGTERM after shutdown_timeout_s, then SIGKILL)
 
 
 def run_stream(setting: str, frames: int, out: Path, cap_s: float | None, extra: list[str]) -> dict[str, Any]:
@@ -52,6 +55,8 @@ def run_stream(setting: str, frames: int, out: Path, cap_s: float | None, extra:
     print(f"{setting}: {frames} frames at 30 fps ...", flush=True)
     args = [sys.executable, "-m", "spark3r_stream.cli", "launch", "long_window", "--out", str(out), "--no-rrd"]
     args += ["--set", f"capture.frames={frames}", *SETTINGS[setting], *extra]
+    if cap_s is not None:  # a stopped run: fusion may be inside a long window; let it finish and write everything
+        args += ["--set", f"shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}"]
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(REPO)}
     log_path = out.parent / f"{out.name}.log"
     start = time.perf_counter()
@@ -241,7 +246,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for result in results:
         colour, name = colours.get(result["setting"], None), result["setting"]
         runs = result["runs"]
-        axes[0, 0].plot([r["num_keyframes"] for r in runs], [r["run_ms"] / 1e3 for r in runs], "o-", ms=3, c=colour)
+        by_size = sorted(runs, key=lambda r: r["num_keyframes"])
+        axes[0, 0].plot(
+            [r["num_keyframes"] for r in by_size], [r["run_ms"] / 1e3 for r in by_size], "o-", ms=3, c=colour
+        )
         axes[0, 1].plot([r["t_s"] for r in runs], [r["num_keyframes"] for r in runs], "o-", ms=3, c=colour, label=name)
         series = result["lag"]["series"]
         axes[1, 0].scatter(series["t_s"], series["lag_s"], s=2, alpha=0.25, color=colour)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -38,7 +39,17 @@ def body(ctx: NodeContext) -> int:
             step.on_keyframe(keyframe)
             return keyframe if forwards else None
 
-        reconstruct = timer.wrap("reconstruct_window", lambda _: step.run_pending())
+        def saved(result: WindowResult | None) -> WindowResult | None:
+            # the report after every run: a node killed inside a long run (SIGKILL after the launcher's shutdown
+            # timeout; a dense 1,000-keyframe run takes minutes) still leaves its runs and keyframe times
+            for key, value in step.summary().items():
+                report.set(key, value)
+            report.set("max_rss_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+            if report.path is not None:
+                report.write()
+            return result
+
+        reconstruct = timer.wrap("reconstruct_window", lambda _: saved(step.run_pending()))
 
         def run_waiting() -> WindowResult | None:
             return reconstruct(None) if step.pending else None
@@ -62,7 +73,7 @@ def body(ctx: NodeContext) -> int:
             loop.on_idle(run_waiting)
             loop.on_end(run_rest)
         else:  # every request in order (a lossless replay: the single-process run's map)
-            loop.on(WindowRequest, timer.wrap("reconstruct_window", step.on_request))
+            loop.on(WindowRequest, timer.wrap("reconstruct_window", lambda request: saved(step.on_request(request))))
         try:
             loop.run()
         finally:
