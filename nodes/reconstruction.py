@@ -54,6 +54,10 @@ def body(ctx: NodeContext) -> int:
         def run_waiting() -> WindowResult | None:
             return reconstruct(None) if step.pending else None
 
+        def offer(request: WindowRequest) -> WindowResult | None:
+            step.offer(request)  # runs once the input queue is empty, or at once when a request waited too long
+            return run_waiting() if step.is_overdue(config.max_request_wait_s) else None
+
         def run_rest() -> list[WindowResult]:  # end of stream: what still waits runs
             results = []
             while step.pending:
@@ -69,7 +73,7 @@ def body(ctx: NodeContext) -> int:
         # handler: no model run starts on a queued one
         loop.on(Keyframe, timer.wrap("store_keyframe", on_keyframe))
         if config.requests == "latest":
-            loop.on(WindowRequest, step.offer)
+            loop.on(WindowRequest, offer)
             loop.on_idle(run_waiting)
             loop.on_end(run_rest)
         else:  # every request in order (a lossless replay: the single-process run's map)

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,12 @@ class ReconstructionStep:
     the refresh budget (WindowReconstructor.dense_selection).
     """
 
-    def __init__(self, reconstructor: Any, name: str = "reconstruction") -> None:
+    def __init__(
+        self, reconstructor: Any, name: str = "reconstruction", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.reconstructor = reconstructor  # a stream.reconstructor.WindowReconstructor (imports torch)
+        self._clock = clock
+        self._waiting_since: float | None = None  # when the oldest waiting request started to wait
         self.name = name  # in the log lines
         self.counters: Counter[str] = Counter()
         self.plans: list[Any] = []
@@ -149,6 +153,8 @@ class ReconstructionStep:
         """Queue `request`; the waiting request it holds every keyframe of (an earlier run of the same growing
         window) is superseded, counted `superseded.window_request`. A request it does not cover (a closed window's
         last run) is kept, so every window still gets its full-size run and every keyframe a pose."""
+        if not self.pending:
+            self._waiting_since = self._clock()
         superseded = 0
         if self.pending and set(self.pending[-1][0].keyframe_ids) <= set(request.keyframe_ids):
             superseded = self.pending.pop()[1] + 1
@@ -161,7 +167,16 @@ class ReconstructionStep:
         if not self.pending:
             return None
         request, superseded = self.pending.pop(0)
-        return self.on_request(request, superseded=superseded)
+        try:
+            return self.on_request(request, superseded=superseded)
+        finally:
+            self._waiting_since = self._clock() if self.pending else None
+
+    def is_overdue(self, max_wait_s: float) -> bool:
+        """Whether a request has waited `max_wait_s` or more: the node then runs it without waiting for an empty
+        input queue (an input that never empties, e.g. keyframes handled slower than they come on a loaded machine,
+        must not starve the backbone until the stream ends)."""
+        return self._waiting_since is not None and self._clock() - self._waiting_since >= max_wait_s
 
     def on_request(self, request: WindowRequest, superseded: int = 0) -> WindowResult | None:
         ids = tuple(k for k in request.keyframe_ids if k in self.reconstructor.images)

@@ -43,6 +43,7 @@ class ReconstructionConfig:
     # the backbone is busy (paced or live streams: keyframe lag bounded whatever the run time; every keyframe is still
     # stored and posed, see stream.pipeline.ReconstructionStep).
     requests: Literal["every", "latest"] = "every"
+    max_request_wait_s: float = 2.0  # "latest": a request waiting this long runs even while messages keep arriving
     # A keyframe arrives at model resolution (<= 518 x 518 for every preset); anything far beyond that, or more
     # stored keyframes than any window holds, is refused before it is stored (issue 15: no message takes the memory).
     max_keyframe_pixels: int = 1_000_000
@@ -51,6 +52,7 @@ class ReconstructionConfig:
     def __post_init__(self) -> None:
         check_field(self, "refresh_budget", self.refresh_budget >= 0, "int >= 0")
         check_field(self, "requests", self.requests in ("every", "latest"), "'every' or 'latest'")
+        check_field(self, "max_request_wait_s", self.max_request_wait_s > 0, "float > 0")
         check_field(self, "max_keyframe_pixels", self.max_keyframe_pixels >= 64, "int >= 64")
         check_field(self, "max_stored_keyframes", self.max_stored_keyframes >= 1, "int >= 1")
         if self.spark3r is True or (self.spark3r_config and self.spark3r not in (None, False)):

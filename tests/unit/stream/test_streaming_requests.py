@@ -105,3 +105,19 @@ def test_a_closed_window_keeps_its_last_run(model):
     assert [step.run_pending().window_id, step.run_pending().window_id, step.run_pending()] == [1, 3, None]
     assert [row["superseded"] for row in step.runs] == [1, 1]
     assert sorted(step.reconstructor.images) == list(range(6, 12))  # window 0's own keyframes are forgotten
+
+
+def test_a_request_that_waited_too_long_is_overdue(model):
+    """A busy input (never empty) must not starve the backbone: the node runs a request once it is overdue."""
+    now = [100.0]
+    step = ReconstructionStep(WindowReconstructor(model, ReconstructionConfig()), clock=lambda: now[0])
+    for keyframe_id in range(6):
+        step.on_keyframe(keyframe(keyframe_id))
+    assert not step.is_overdue(2.0)
+    step.offer(WindowRequest(window_id=0, keyframe_ids=(0, 1, 2, 3)))
+    now[0] += 1.5
+    step.offer(WindowRequest(window_id=1, keyframe_ids=(0, 1, 2, 3, 4, 5)))  # supersedes, keeps the first wait
+    assert not step.is_overdue(2.0)
+    now[0] += 0.5
+    assert step.is_overdue(2.0)
+    assert step.run_pending().window_id == 1 and not step.is_overdue(0.1)  # nothing waits after the run
