@@ -24,10 +24,11 @@ pytestmark = pytest.mark.integration
 FPS = 30.0
 STREAM_S = 6.0  # the bounded live run, after the pipeline is ready
 DROP_AT_S = 2.0  # the server cuts the camera's connection this far into it: the capture node reopens the stream
-# Generous bounds, far from what a working run shows (frames a few ms old, lag about two window runs) and far below
-# what a pipeline that queues frames or runs shows on a run of this length:
-MAX_FRAME_AGE_S = 1.0  # a frame's capture time after the server published it (the grabber reads at once)
-MAX_NEWEST_AGE_S = 5.0  # the newest frame in trajectory.tum before SIGINT: frames are processed as they come
+# Generous bounds, far from what a working run shows (frames a few ms old, lag about two window runs; a machine at
+# load average 15 on 2 cores stalls a process for hundreds of ms) and below what a pipeline that queues frames or
+# window runs shows on a run of this length:
+MAX_FRAME_AGE_S = 2.0  # a frame's capture time after the server published it (the grabber reads at once)
+MAX_NEWEST_AGE_S = 10.0  # the newest frame in trajectory.tum before SIGINT: frames are processed as they come
 LAG_RUNS, LAG_SLACK_S = 3, 5.0  # keyframe lag <= 3 window runs + 5 s: a newer request supersedes a waiting one
 
 
@@ -59,15 +60,19 @@ def test_outputs_are_written_after_sigint(live_run):
 def test_every_posed_frame_is_a_frame_of_the_stream(live_run):
     times = np.array([row[0] for row in tum_rows(live_run.out / "trajectory.tum")])
     published = np.array([t for _, t in live_run.server.sent])
-    assert len(times) >= FPS  # a second of frames at least
+    assert len(times) >= FPS, f"{len(times)} frames posed"  # a second of frames at least
     assert len(times) <= live_run.server.frames_sent
     assert np.all(np.diff(times) > 0)  # one capture time per frame, in order
     # each capture time follows a publication of the server by less than MAX_FRAME_AGE_S: wall clock at grab, not
     # the rendered sequence's 0, 1/30, ... nor FFmpeg's frame count x 40 ms
     before = np.searchsorted(published, times, side="right") - 1
     assert np.all(before >= 0), "a frame captured before the server published any"
-    assert np.max(times - published[before]) < MAX_FRAME_AGE_S
-    assert live_run.t_sigint - times[-1] < MAX_NEWEST_AGE_S  # processed as they came, not from a queue
+    ages = times - published[before]
+    assert np.max(ages) < MAX_FRAME_AGE_S, (
+        f"frame ages after publication: median {np.median(ages):.3f} s, max {np.max(ages):.3f} s"
+    )
+    newest_age = live_run.t_sigint - times[-1]
+    assert newest_age < MAX_NEWEST_AGE_S, f"newest frame posed was captured {newest_age:.1f} s before SIGINT"
 
 
 def test_stale_frames_are_dropped_and_counted(live_run):
@@ -84,7 +89,7 @@ def test_stale_frames_are_dropped_and_counted(live_run):
     # queued; the keyframes node handles the newest of what waits (dropped.stale); nothing is lost
     assert acc["frames_lost"] == 0
     in_flight = acc["frames_captured"] - acc["frames_received"] - acc["frames_stale_dropped"]
-    assert 0 <= in_flight <= 10  # at most the edge's small queues when SIGINT came
+    assert 0 <= in_flight <= 10, acc  # at most the edge's small queues when SIGINT came
     figures = figures_of(live_run)
     assert figures["frames_dropped_total"] == (
         source.get("dropped_stale", 0) + acc["frames_unsent"] + acc["frames_stale_dropped"]
