@@ -8,7 +8,7 @@ RSS is its own.
 `torch.profiler` at one S, dense and Spark3R in one process: time per stage and per operator, and what the
 operators inside Spark3R's global attention are (results: bench_profile_ops.md).
 
-    spark3r bench profile --ops [--frames 1000] [--threads 2] [--no-dense]
+    spark3r bench profile --ops [--frames 1000] [--threads 2] [--no-dense] [--quick: S = 120, no result files]
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def profile_ops(args, argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_bench_model("vggt").eval()
-    S = args.frames[0] if args.frames != [2, 4, 8, 16] else 1000
+    S = 120 if args.quick else args.frames[0] if args.frames != [2, 4, 8, 16] else 1000  # 120: merge and prune
     images = torch.rand(1, S, 3, args.size, args.size)
 
     def forward(x):
@@ -298,6 +298,8 @@ def profile_ops(args, argv: list[str]) -> int:
             for n in names
         },
     }
+    if args.quick:
+        return 0
     write_results("bench_profile_ops", {**header("bench_profile", argv), "bench": "bench_profile_ops"}, markdown, data)
     return 0
 

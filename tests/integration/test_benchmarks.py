@@ -32,6 +32,16 @@ def test_bench_backbone_quick_times_every_stage(model, capsys):
     assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
 
 
+def test_bench_profile_ops_quick_splits_the_spark3r_global_attention(capsys):
+    from benchmarks import bench_profile
+
+    assert bench_profile.main(["--ops", "--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| dense (ms) | Spark3R (ms) |" in out
+    for phase in ("SDPA (M queries x kept keys)", "matching (similarity, argmax, ranking)", "RoPE"):
+        assert f"| {phase} |" in out
+
+
 def test_stage_modules_cover_every_block_once():
     for family in bench_backbone.FIXTURES_OF:
         model = bench_backbone.build_bench_model(family)
