@@ -4,9 +4,6 @@ starts a new sequence; a reconnect provider replaces the buffer. Every wait is a
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 import pytest
 import zmq
 
@@ -14,20 +11,6 @@ from spark3r_stream.transport import EndOfStream, FrameRecord, NodeLoop, WindowR
 
 pytestmark = pytest.mark.fault
 MAX_POLLS = 200
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="s3r", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def record(seq: int) -> FrameRecord:

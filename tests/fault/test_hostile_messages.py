@@ -28,20 +28,6 @@ MAX_POLLS = 200  # bound on every wait (each poll returns as soon as something a
 THIN_IMAGE_PEAK_BYTES = 64 << 20  # rejecting the 1,000,000 x 8 image may copy it once (24 MB), never resize it
 
 
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="s3r", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def wire(msg, seq: int = 0, node: str = "capture") -> list[bytes]:
     return [bytes(memoryview(f).cast("B")) if not isinstance(f, bytes) else f for f in encode(msg, seq, node=node)]
 

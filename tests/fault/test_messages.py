@@ -4,8 +4,6 @@ the next good message."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -16,20 +14,6 @@ from spark3r_stream.transport import Frame, NodeLoop, decode, encode, make_endpo
 from spark3r_stream.transport.codec import MAX_HEADER_BYTES
 
 pytestmark = pytest.mark.fault
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="s3r", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def good_frames(seq: int = 0) -> list[bytes]:
