@@ -518,6 +518,11 @@ def run_single_process(path: str | Path, out: str | Path, overrides: Sequence[st
     status, error, code = "ok", None, 0
     try:
         pipeline.run(frames, out, report)
+        if not report.data.get("pipeline", {}).get("frames"):  # as the capture node: nothing read is not a success
+            skipped = {k: v for k, v in frames.counters.items() if v and k != "frames"}
+            error = f"source {frames.source_id}: yielded no frame" + (f" ({skipped})" if skipped else "")
+            log.error("%s", error)
+            status, code = "failed", 2
     except KeyboardInterrupt:
         status, code = "stopped", 130
     except Exception as exc:  # noqa: BLE001 - the outputs are written by run(); the report says why it stopped

@@ -160,3 +160,17 @@ def test_source_that_yields_no_frame_is_an_error(tmp_path, source):
     assert re.search(r"source \S+: yielded no frame \(\{'skipped_unreadable': [23]\}\)", result.stdout), result.stdout
     report = read_report(out)
     assert report["status"] == "failed" and report["pipeline"]["nodes"]["capture"]["exit_codes"] == [2]
+
+
+def test_single_process_source_that_yields_no_frame_is_an_error(tmp_path):
+    from spark3r_stream.launcher import run_single_process
+
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i:04d}.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert run_single_process("replay_tum", out, [f"capture.path={folder}", RANDOM]) == 2
+    report = read_report(out)
+    assert report["status"] == "failed" and "yielded no frame" in report["error"]
+    assert "skipped_unreadable" in report["error"]
