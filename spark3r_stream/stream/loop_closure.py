@@ -156,9 +156,8 @@ def verify_loop(
 ) -> LoopCandidate:
     """Match the two keyframes, lift the old one's matches to 3-D, PnP + RANSAC for the new camera."""
     (old_features, new_features), (old_geometry, new_geometry) = features, geometry
-    rejected = LoopCandidate(old, new, score)
     if len(old_features.descriptors) < 2 or len(new_features.descriptors) < 2:
-        return _rejected(rejected, "too few features")
+        return LoopCandidate(old, new, score, reason="too few features")
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(new_features.descriptors, old_features.descriptors, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < config.ratio * p[1].distance]
     new_uv = np.array([new_features.keypoints[m.queryIdx] for m in good], np.float64).reshape(-1, 2)
@@ -167,7 +166,7 @@ def verify_loop(
     has_depth = np.isfinite(old_points).all(1)
     matches = int(has_depth.sum())
     if matches < config.min_inliers:
-        return _rejected(LoopCandidate(old, new, score, matches), f"{matches} matches with depth")
+        return LoopCandidate(old, new, score, matches, reason=f"{matches} matches with depth")
     old_uv, new_uv, old_points = old_uv[has_depth], new_uv[has_depth], old_points[has_depth]
     old_k, new_k = (
         f.intrinsics if f.intrinsics is not None else _intrinsics_at(g, f.image_hw)
@@ -183,9 +182,8 @@ def verify_loop(
     except cv2.error:  # degenerate matches
         ok, inliers = False, None
     num_inliers = 0 if inliers is None else len(inliers)
-    result = LoopCandidate(old, new, score, matches, num_inliers)
     if not ok or num_inliers < config.min_inliers or num_inliers < config.min_inlier_ratio * matches:
-        return _rejected(result, f"{num_inliers} PnP inliers of {matches}")
+        return LoopCandidate(old, new, score, matches, num_inliers, reason=f"{num_inliers} PnP inliers of {matches}")
     inlier = np.zeros(matches, bool)
     inlier[inliers.ravel()] = True
     rvec, tvec = cv2.solvePnPRefineLM(old_points[inlier], new_uv[inlier], new_k, None, rvec, tvec)
@@ -223,10 +221,4 @@ def _intrinsics_at(geometry: KeyframeGeometry, image_hw: tuple[int, int]) -> np.
     k = np.asarray(geometry.intrinsics, np.float64)
     return np.array(
         [[k[0, 0] * sx, 0, (k[0, 2] + 0.5) * sx - 0.5], [0, k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5], [0, 0, 1]]
-    )
-
-
-def _rejected(candidate: LoopCandidate, reason: str) -> LoopCandidate:
-    return LoopCandidate(
-        candidate.old, candidate.new, candidate.score, candidate.matches, candidate.inliers, False, reason
     )

@@ -125,7 +125,11 @@ class PoseGraph:
     def __init__(self, config: PoseGraphConfig | None = None):
         self.config = config or PoseGraphConfig()
         self.edges: dict[tuple[int, int], _Edge] = {}
-        self.loops: list[tuple[int, int]] = []
+
+    @property
+    def loops(self) -> list[tuple[int, int]]:
+        """The (old, new) keyframe pairs of the loop edges."""
+        return [pair for pair, edge in self.edges.items() if edge.kind == "loop"]
 
     def add_window(self, nodes: Mapping[int, Sim3]) -> None:
         """Edges between consecutive keyframes of one window run (`nodes`: its keyframes as the map has them now)."""
@@ -137,7 +141,6 @@ class PoseGraph:
     def add_loop(self, old: int, new: int, new_in_old: Sim3) -> None:
         """A loop closure: keyframe `new` in keyframe `old`'s camera frame and units."""
         self.edges[(old, new)] = _Edge(new_in_old, "loop")
-        self.loops.append((old, new))
 
     def forget(self, keyframe_ids: Sequence[int]) -> None:
         """Drop every edge touching these keyframes (they left the map)."""
@@ -178,7 +181,6 @@ class PoseGraph:
                 break
             log.info("pose graph: loop %s disagrees with the rest (chi2 %.1f): dropped", worst, chi2[worst])
             del self.edges[worst]
-            self.loops.remove(worst)
             dropped.append(worst)
         after = graph.error(result)
         if not np.isfinite(after) or after > before:
