@@ -32,22 +32,24 @@ VARIANTS = {  # row label -> fusion.backend overrides
 }
 
 
-def end_to_start_gap(trajectory: Path, groundtruth: Path) -> tuple[float, float]:
-    """(estimated, true) distance between the first and last camera centre, the estimate Sim(3)-aligned to the truth."""
+def aligned_centres(trajectory: Path, groundtruth: Path) -> dict[str, np.ndarray]:
+    """{"estimate": [F, 3] camera centres Sim(3)-aligned to the truth, "truth": [F, 3]} of the associated frames."""
     from spark3r_stream.eval.trajectory import align_trajectory, associate, read_tum
 
     est_t, est = read_tum(trajectory)
     gt_t, gt = read_tum(groundtruth)
     i, j = associate(est_t, gt_t, max_difference_s=0.02)
     gt_from_est = align_trajectory(est[i], gt[j])
-    centres = est[i][:, :3, 3] @ gt_from_est[:3, :3].T + gt_from_est[:3, 3]
-    true = gt[j][:, :3, 3]
-    return float(np.linalg.norm(centres[-1] - centres[0])), float(np.linalg.norm(true[-1] - true[0]))
+    return {"estimate": est[i][:, :3, 3] @ gt_from_est[:3, :3].T + gt_from_est[:3, 3], "truth": gt[j][:, :3, 3]}
+
+
+def end_to_start_gap(centres: np.ndarray) -> float:
+    """Distance between the first and last camera centre."""
+    return float(np.linalg.norm(centres[-1] - centres[0]))
 
 
 def run(launch: str, overrides: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
     """(the row's figures, {"estimate": [F, 3], "truth": [F, 3]} camera centres, the estimate Sim(3)-aligned)."""
-    from spark3r_stream.eval.trajectory import align_trajectory, associate, read_tum
     from spark3r_stream.launcher import run_single_process
 
     with tempfile.TemporaryDirectory(prefix="bench_backend-") as out:
@@ -55,12 +57,7 @@ def run(launch: str, overrides: list[str]) -> tuple[dict, dict[str, np.ndarray]]
         if code != 0:
             raise RuntimeError(f"{launch} {overrides}: exit code {code}")
         report = json.loads((Path(out) / "report.json").read_text())
-        gap, true_gap = end_to_start_gap(Path(out) / "trajectory.tum", Path(out) / "groundtruth.tum")
-        est_t, est = read_tum(Path(out) / "trajectory.tum")
-        gt_t, gt = read_tum(Path(out) / "groundtruth.tum")
-    i, j = associate(est_t, gt_t, max_difference_s=0.02)
-    gt_from_est = align_trajectory(est[i], gt[j])
-    centres = {"estimate": est[i][:, :3, 3] @ gt_from_est[:3, :3].T + gt_from_est[:3, 3], "truth": gt[j][:, :3, 3]}
+        centres = aligned_centres(Path(out) / "trajectory.tum", Path(out) / "groundtruth.tum")
     ate = report["trajectory"]["all_frames"]
     backend = report.get("backend") or {}
     runs = backend.get("runs", [])
@@ -73,8 +70,8 @@ def run(launch: str, overrides: list[str]) -> tuple[dict, dict[str, np.ndarray]]
         "ate_over_extent": ate["ate_over_extent"],
         "ate_constant_baseline_m": ate["ate_constant_baseline_m"],
         "rpe_rot_rmse_deg": ate.get("rpe_rot_rmse_deg", float("nan")),
-        "end_to_start_m": gap,
-        "true_end_to_start_m": true_gap,
+        "end_to_start_m": end_to_start_gap(centres["estimate"]),
+        "true_end_to_start_m": end_to_start_gap(centres["truth"]),
         "windows": report["windows"]["count"],
         "keyframes": report["keyframes"]["posed"],
         "refined": f"{len(applied)}/{len(runs)}" if runs else "–",
