@@ -241,15 +241,8 @@ def expected_outcome(frames: Wire) -> tuple[str, bool]:
         msg, header = decode(frames)
     except DecodeError as exc:
         return f"dropped.{exc.reason}", False
-    if header["node"] != UPSTREAM:
-        return (
-            ("dropped.unknown_sender", False)
-            if isinstance(msg, (EndOfStream, Heartbeat))
-            else (
-                f"recv.{header['type']}",
-                False,
-            )
-        )
+    if header["node"] != UPSTREAM:  # launch/demo.yaml names the input's upstream: nothing else gets in
+        return "dropped.unknown_sender", False
     return f"recv.{header['type']}", not isinstance(msg, (EndOfStream, Heartbeat))
 
 
@@ -460,12 +453,11 @@ def markdown(result: dict[str, Any], problems: list[str]) -> str:
     return (
         "Target: the keyframes node as its own process (`spark3r run-node keyframes --config launch/demo.yaml`); "
         "this script stands in for capture upstream and for reconstruction and fusion downstream. Each message is "
-        "either dropped before handling (`dropped.<reason>`: malformed, or end-of-stream/heartbeat from a name "
-        "that is not the input's upstream, `unknown_sender`) or received (`recv.<topic>`); of the received, a "
+        "either dropped before handling (`dropped.<reason>`: malformed, or any message from a name that is not the "
+        "input's upstream, `unknown_sender`) or received (`recv.<topic>`); of the received, a "
         "handler may still refuse one (`handler_error`: a frame_seq that does not increase; `bad_image`: beyond "
         "max_pixels/max_aspect_ratio or under 8 px). `cleared.frame.*`: a frame whose ground-truth pose or "
-        "intrinsics held NaN/inf, served without them. `from_unknown.frames`: frames from a name that is not the "
-        "upstream, served but kept out of the sequence accounting. Peak RSS: VmHWM of the node process.\n\n"
+        "intrinsics held NaN/inf, served without them. Peak RSS: VmHWM of the node process.\n\n"
         + table(summary, [("what", "measure"), ("value", "value")])
         + "\n## Node counters (report of the keyframes node)\n\n"
         + table(drops, [("counter", "counter"), ("count", "count")])

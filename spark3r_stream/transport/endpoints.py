@@ -94,7 +94,7 @@ class Endpoint:
     bind: bool
     upstreams: int = 1  # "in" only: end-of-stream messages to wait for (one per producer)
     # "in" only: the node names allowed to end this input and keep its sequence accounting (a launch file fills
-    # in its producers); None accepts any name (library use). Data from other names is still served.
+    # in its producers); None accepts any name (library use). Data from other names is dropped too.
     upstream_nodes: tuple[str, ...] | None = None
     allow_remote_bind: bool = False
     allow_insecure_remote: bool = False  # a tcp endpoint beyond loopback without CURVE: plain text, anyone gets in

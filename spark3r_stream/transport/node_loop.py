@@ -45,9 +45,10 @@ No message ends a node: decoding and handling run under one guard per message, s
 `dropped.<reason>`, a handler's Spark3RError as `dropped.handler_error` (or `dropped.<its reason>`), any other
 exception in decode or handling as `dropped.decode_failed` / `dropped.handler_failed` (traceback logged once).
 End-of-stream, heartbeats and sequence accounting count only from the input's `upstream_nodes` (the launch file's
-producers of that edge): anything else claiming to end an input is `dropped.unknown_sender`; data from another
-name is served but kept out of the accounting (`from_unknown.<edge>`). Without `upstream_nodes` at most
-MAX_UPSTREAMS names are tracked per input, so a sender inventing names cannot grow the node's memory.
+producers of that edge): any message from another name, data or control, is `dropped.unknown_sender` and never
+handled. Without `upstream_nodes` (library use) any name is served; at most MAX_UPSTREAMS names are tracked per input,
+so a sender inventing names cannot grow the node's memory: control messages from further names are dropped, their data
+is served but kept out of the accounting (`from_unknown.<edge>`).
 
 At-least-once delivery on lossless edges (issue 15), after the zguide's reliability chapter: sequence numbers per
 sender incarnation (the header's optional `epoch`; a sender without one is not deduplicated), a bounded resend buffer at the sender as in "Titanic"/"Clone"-style
@@ -674,7 +675,8 @@ class NodeLoop:
             self._warn(f"cleared.{topic}.{name}", f"{topic}.{name} from {src[:40]!r} held NaN/inf; cleared to None")
         up = self._upstream(inp, src)
         if up is None:
-            if isinstance(msg, CONTROL_TYPES):  # only a configured upstream may end an input or report as a peer
+            # only a configured upstream may end an input, report as a peer or (issue 15) bring data
+            if isinstance(msg, CONTROL_TYPES) or inp.endpoint.upstream_nodes is not None:
                 self._drop(inp.endpoint.edge, "unknown_sender", f"{topic} from {src[:40]!r}, not an upstream")
                 return
             self.counters[f"from_unknown.{inp.endpoint.edge}"] += 1

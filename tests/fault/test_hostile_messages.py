@@ -189,7 +189,7 @@ def test_forged_end_of_stream_is_dropped_and_does_not_close_the_input(ctx, ipc_d
     assert "end_of_stream from 'mallory', not an upstream" in caplog.text
 
 
-def test_data_from_an_unknown_sender_is_served_outside_the_accounting(ctx, ipc_dir):
+def test_data_from_an_unknown_sender_is_dropped_and_counted(ctx, ipc_dir, caplog):
     endpoint = make_endpoint("frames", "in", run_dir=ipc_dir, upstream_nodes=["capture"])
     served: list[int] = []
     loop = NodeLoop("keyframes", [endpoint], context=ctx, handle_signals=False)
@@ -198,11 +198,31 @@ def test_data_from_an_unknown_sender_is_served_outside_the_accounting(ctx, ipc_d
         push = ctx.socket(zmq.PUSH)
         push.connect(endpoint.address)
         push.send_multipart(wire(frame(0), 2**62, node="mallory"))  # a huge seq would be a huge "gap"
+        push.send_multipart(wire(frame(1), 1, node=""))  # an unnamed client is not an upstream either
+        push.send_multipart(wire(frame(2), 0))
+        serve_until(loop, lambda: len(served) == 1)
+        push.close(linger=0)
+    assert served == [2]  # the next good message is served
+    assert loop.counters["dropped.unknown_sender"] == 2 and loop.counters["recv.frame"] == 1
+    assert loop.counters["from_unknown.frames"] == 0 and loop.counters["gaps.frames"] == 0
+    assert set(loop.report()["inputs"]["frames"]["upstreams"]) == {"capture"}
+    assert "frame from 'mallory', not an upstream" in caplog.text
+
+
+def test_without_upstream_names_data_from_any_sender_is_served(ctx, ipc_dir):
+    endpoint = make_endpoint("frames", "in", run_dir=ipc_dir)  # library use: no configured upstreams
+    served: list[int] = []
+    loop = NodeLoop("keyframes", [endpoint], context=ctx, handle_signals=False)
+    loop.on(Frame, lambda f: served.append(f.frame_seq))
+    with loop:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(endpoint.address)
+        push.send_multipart(wire(frame(0), 0, node="mallory"))
         push.send_multipart(wire(frame(1), 0))
         serve_until(loop, lambda: len(served) == 2)
         push.close(linger=0)
-    assert loop.counters["from_unknown.frames"] == 1 and loop.counters["gaps.frames"] == 0
-    assert set(loop.report()["inputs"]["frames"]["upstreams"]) == {"capture"}
+    assert loop.counters["dropped.unknown_sender"] == 0
+    assert set(loop.report()["inputs"]["frames"]["upstreams"]) == {"capture", "mallory"}
 
 
 def test_without_upstream_names_a_sender_inventing_names_cannot_grow_the_node(ctx, ipc_dir):
