@@ -121,9 +121,11 @@ def decode(frames: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
         raise DecodeError("unknown_type", f"type {type_name!r} is not one of {sorted(MESSAGE_TYPES)}")
     if topic != mt.topic_bytes:
         raise DecodeError("topic_mismatch", f"topic {topic[:40]!r} but header type {mt.topic!r}")
-    if header["v"] != mt.version or isinstance(header["v"], bool):
+    version = header["v"]
+    if not _is_int(version) or version not in mt.reads | {mt.version}:  # an int first: a list is unhashable
+        readable = ", ".join(f"v{v}" for v in sorted(mt.reads | {mt.version}))
         raise DecodeError(
-            "version_mismatch", f"{mt.topic!r} message has version {header['v']!r}; this build reads v{mt.version}"
+            "version_mismatch", f"{mt.topic!r} message has version {str(version)[:40]}; this build reads {readable}"
         )
     for key, kind in (("seq", int), ("t_sent", (int, float)), ("node", str), ("scalars", dict), ("arrays", list)):
         if not isinstance(header[key], kind) or isinstance(header[key], bool):
@@ -140,6 +142,9 @@ def decode(frames: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     fields = _decode_scalars(mt, header["scalars"])
     arrays, cleared = _decode_arrays(mt, header["arrays"], frames[2:])
     fields.update(arrays)
+    newer = sorted(name for name, value in fields.items() if value is not None and mt.since.get(name, 0) > version)
+    if newer:  # an older version's message never had these (null is the same as absent)
+        raise DecodeError("extra_field", f"{mt.topic} v{version}: {newer} only exist from v{mt.since[newer[0]]}")
     try:
         msg = mt.cls(**fields)
     except (TypeError, ValueError) as exc:  # cross-field invariants (__post_init__)

@@ -106,6 +106,9 @@ POINTS = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, 3), max_b
 COLORS = Annotated[np.ndarray, ArraySpec(dtype="uint8", shape=(None, 3), max_bytes=64 << 20)]
 IDS = Annotated[np.ndarray, ArraySpec(dtype=("int32", "int64"), shape=(None,), max_bytes=64 << 20)]
 PIXELS = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, 2), max_bytes=16 << 20)]
+# a window's model tracks, one entry per observation: 1M observations at most (256 points x 4,000 keyframes)
+OBSERVATION_IDS = Annotated[np.ndarray, ArraySpec(dtype=("int32", "int64"), shape=(None,), max_bytes=8 << 20)]
+OBSERVATION_UV = Annotated[np.ndarray, ArraySpec(dtype="float32", shape=(None, 2), max_bytes=8 << 20)]
 
 #: JSON-able free structure allowed only where the brief asks for it (the reduction plan).
 JsonDict = dict[str, Any]
@@ -122,6 +125,10 @@ class MessageType:
     arrays: dict[str, ArraySpec]
     optional: frozenset[str]  # fields that may be None / absent (they have a default)
     limits: dict[str, ScalarSpec] = dataclasses.field(default_factory=dict)  # scalar ranges (ScalarSpec)
+    # older versions this build still decodes, and the fields each later version added (`since`): an older message
+    # is decoded without them (they are optional), and one that carries a field its version did not have is refused
+    reads: frozenset[int] = frozenset()
+    since: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def topic_bytes(self) -> bytes:
@@ -132,8 +139,9 @@ class MessageType:
 MESSAGE_TYPES: dict[str, MessageType] = {}
 
 
-def message(topic: str, *, version: int):
-    """Register a frozen message dataclass under `topic` with schema `version`."""
+def message(topic: str, *, version: int, reads: tuple[int, ...] = ()):
+    """Register a frozen message dataclass under `topic` with schema `version`; `reads` lists older versions that
+    still decode. A field added in version n says so with `dataclasses.field(default=None, metadata=since(n))`."""
 
     def register(cls: type) -> type:
         assert dataclasses.is_dataclass(cls), f"{cls.__name__} must be a dataclass"
@@ -143,8 +151,11 @@ def message(topic: str, *, version: int):
         arrays: dict[str, ArraySpec] = {}
         limits: dict[str, ScalarSpec] = {}
         optional = set()
+        since: dict[str, int] = {}
         for f in dataclasses.fields(cls):
             hint = hints[f.name]
+            if "since" in f.metadata:
+                since[f.name] = f.metadata["since"]
             inner, is_optional = _strip_optional(hint)
             if is_optional:
                 optional.add(f.name)
@@ -158,12 +169,23 @@ def message(topic: str, *, version: int):
                         limits[f.name] = meta
             else:
                 scalars[f.name] = inner
-        MESSAGE_TYPES[topic] = MessageType(cls, topic, version, scalars, arrays, frozenset(optional), limits)
+        assert all(v < version for v in reads), f"{topic}: reads {reads} must be older than version {version}"
+        assert all(reads and min(reads) < n <= version and name in optional for name, n in since.items()), (
+            f"{topic}: a field added after the oldest version read must be optional and at most version {version}"
+        )
+        MESSAGE_TYPES[topic] = MessageType(
+            cls, topic, version, scalars, arrays, frozenset(optional), limits, frozenset(reads), since
+        )
         cls.TOPIC = topic
         cls.VERSION = version
         return cls
 
     return register
+
+
+def since(version: int) -> dict[str, int]:
+    """Field metadata: the field was added in schema `version` (older messages are read without it)."""
+    return {"since": version}
 
 
 def message_type(msg_or_cls: Any) -> MessageType:
@@ -190,6 +212,23 @@ def _array_spec(hint: Any) -> ArraySpec | None:
             if isinstance(meta, ArraySpec):
                 return meta
     return None
+
+
+def _check_tracks(keyframe_ids, track_keyframe_ids, track_ids, track_uv) -> None:
+    given = [a is not None for a in (track_keyframe_ids, track_ids, track_uv)]
+    if any(given) and not all(given):
+        raise ValueError("track_keyframe_ids, track_ids and track_uv come together (one entry per observation)")
+    if not all(given):
+        return
+    _check_len("track_ids", track_ids, len(track_keyframe_ids), "track_keyframe_ids")
+    _check_len("track_uv", track_uv, len(track_keyframe_ids), "track_keyframe_ids")
+    unknown = np.setdiff1d(track_keyframe_ids, np.asarray(keyframe_ids, np.int64))
+    if len(unknown):
+        raise ValueError(f"track_keyframe_ids {unknown[:5].tolist()} are not in keyframe_ids")
+    if len(track_ids) and track_ids.min() < 0:
+        raise ValueError(f"track_ids has a negative id {int(track_ids.min())}")
+    if not np.isfinite(track_uv).all():
+        raise ValueError("track_uv holds NaN or inf (the sender keeps only finite, visible points)")
 
 
 def _check_len(name: str, arr: np.ndarray | None, n: int, what: str) -> None:
@@ -227,22 +266,22 @@ class FrameRecord:
     gt_world_from_cam: POSE | None = None
 
 
-@message("keyframe", version=2)
+@message("keyframe", version=2, reads=(1,))
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Keyframe:
     """A keyframe at model resolution, sent once; receivers keep their own store.
 
-    With it, the feature tracks it sees at the source's resolution (stream/tracks.py): `track_ids[i]` at pixel
+    With it (v2), the feature tracks it sees at the source's resolution (stream/tracks.py): `track_ids[i]` at pixel
     `track_uv[i]` (x, y) of the `source_hw` image, and the source's intrinsics in those pixels when it has them."""
 
     keyframe_id: ID
     frame_seq: ID
     t_capture: float
     image: RGB8
-    track_ids: IDS | None = None
-    track_uv: PIXELS | None = None
-    source_hw: IMAGE_HW | None = None
-    source_intrinsics: INTRINSICS | None = None
+    track_ids: IDS | None = dataclasses.field(default=None, metadata=since(2))
+    track_uv: PIXELS | None = dataclasses.field(default=None, metadata=since(2))
+    source_hw: IMAGE_HW | None = dataclasses.field(default=None, metadata=since(2))
+    source_intrinsics: INTRINSICS | None = dataclasses.field(default=None, metadata=since(2))
 
     def __post_init__(self) -> None:
         if (self.track_ids is None) != (self.track_uv is None):
@@ -260,13 +299,16 @@ class WindowRequest:
     keyframe_ids: IDS_T
 
 
-@message("window_result", version=1)
+@message("window_result", version=2, reads=(1,))
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class WindowResult:
     """One backbone run: a pose per keyframe (window frame), dense depth only for `dense_keyframe_ids`.
 
     Shapes: world_from_cam [K, 4, 4], intrinsics [K, 3, 3] with K = len(keyframe_ids);
     depth and depth_conf [K', H, W] with K' = len(dense_keyframe_ids), each a subset of keyframe_ids.
+    v2: the model's own tracks when it has a track head (ReconstructionConfig.tracks), one entry per observation
+    [M]: track `track_ids[i]` is at pixel `track_uv[i]` (x, y; model-input pixels, the size of `depth`'s frames,
+    (0, 0) the centre of the top-left pixel) of keyframe `track_keyframe_ids[i]`; only visible, confident points.
     """
 
     window_id: ID
@@ -279,6 +321,9 @@ class WindowResult:
     timings: dict[str, float]
     plan: JsonDict | str
     model: str
+    track_keyframe_ids: OBSERVATION_IDS | None = dataclasses.field(default=None, metadata=since(2))
+    track_ids: OBSERVATION_IDS | None = dataclasses.field(default=None, metadata=since(2))
+    track_uv: OBSERVATION_UV | None = dataclasses.field(default=None, metadata=since(2))
 
     def __post_init__(self) -> None:
         k = len(self.keyframe_ids)
@@ -290,6 +335,7 @@ class WindowResult:
         missing = set(self.dense_keyframe_ids) - set(self.keyframe_ids)
         if missing:
             raise ValueError(f"dense_keyframe_ids {sorted(missing)} are not in keyframe_ids")
+        _check_tracks(self.keyframe_ids, self.track_keyframe_ids, self.track_ids, self.track_uv)
 
 
 @message("map_update", version=1)

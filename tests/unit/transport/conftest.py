@@ -66,6 +66,9 @@ def sample_message(topic: str, rng: np.random.Generator | None = None):
             timings={"encoder_ms": 12.5, "total_ms": 40},
             plan={"r_q": 1, "r_kv": 1, "layers": [0, 1]},
             model="vggt-tiny",
+            track_keyframe_ids=np.array([2, 2, 1, 0], np.int64),
+            track_ids=np.array([0, 1, 0, 1], np.int64),
+            track_uv=rng.random((4, 2), dtype=np.float32) * 8,
         ),
         "map_update": lambda: m.MapUpdate(
             keyframe_ids=(0, 1, 2),
