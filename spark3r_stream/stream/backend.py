@@ -26,6 +26,7 @@ from spark3r_stream.stream.loop_closure import (
     LoopDetector,
     verify_loop,
 )
+from spark3r_stream.stream.model_tracks import window_observations
 from spark3r_stream.stream.pose_graph import PoseGraph, PoseGraphConfig, Sim3
 from spark3r_stream.stream.refine import RefineConfig, refine_window
 from spark3r_stream.stream.tracks import TrackObservations
@@ -145,7 +146,8 @@ class BackEnd:
         dense = {k: i for i, k in enumerate(result.dense_keyframe_ids)}
         model_hw = result.depth.shape[1:]
         intrinsics, depths = [], []
-        for k in ids:
+        observations = [self._observations(result, k, model_hw) for k in ids]
+        for k, observed in zip(ids, observations, strict=True):
             keyframe = self.tracks[k]
             scale, top, left = model_from_source(keyframe.source_hw, model_hw)
             if keyframe.source_intrinsics is not None:
@@ -155,7 +157,7 @@ class BackEnd:
                 intrinsics.append(
                     np.diag([1 / scale, 1 / scale, 1.0]) @ (model_k + [[0, 0, left], [0, 0, top], [0, 0, 0]])
                 )
-            uv = keyframe.observations.uv
+            uv = observed.uv
             depth = np.full(len(uv), np.nan)
             if k in dense:  # the network's depth at each track, in map units
                 cols = np.round(uv[:, 0] * scale - left).astype(int)
@@ -163,7 +165,6 @@ class BackEnd:
                 inside = (rows >= 0) & (rows < model_hw[0]) & (cols >= 0) & (cols < model_hw[1])
                 depth[inside] = result.depth[dense[k]][rows[inside], cols[inside]] * map_scale
             depths.append(depth)
-        observations = [self.tracks[k].observations for k in ids]
         poses = np.stack([gmap.world_from_cam(k) for k in ids])
         anchors = {i: before[k] for i, k in enumerate(ids) if k in before}
         refinement = refine_window(poses, np.stack(intrinsics), observations, depths, self.config.refinement, anchors)
@@ -179,6 +180,16 @@ class BackEnd:
         )
         if refinement.applied:
             gmap.set_poses(dict(zip(ids, refinement.world_from_cam, strict=True)))
+
+    def _observations(self, result: WindowResult, keyframe_id: int, model_hw: tuple[int, int]) -> TrackObservations:
+        """A keyframe's observations for this window, in source pixels: its optical-flow tracks plus the window's
+        model tracks when the result has them (issue 17: VGGT's track head, stream/model_tracks.py; their own ids)."""
+        keyframe = self.tracks[keyframe_id]
+        model = window_observations(result, keyframe_id, keyframe.source_hw, model_hw)
+        if model is None:
+            return keyframe.observations
+        flow = keyframe.observations
+        return TrackObservations(np.concatenate([flow.track_ids, model.track_ids]), np.concatenate([flow.uv, model.uv]))
 
     # ---------------------------------------------------------------------------------------------- loop closure
 

@@ -22,6 +22,7 @@ from spark3r_stream.config import check_field
 from spark3r_stream.errors import InputError
 from spark3r_stream.input_size import DEFAULT_MODEL
 from spark3r_stream.spark3r.plan import Spark3RConfig, load_config_file
+from spark3r_stream.stream.model_tracks import TrackQueryConfig, TracksMode, WindowTracks, track_window, tracks_enabled
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class ReconstructionConfig:
     # stored keyframes than any window holds, is refused before it is stored (issue 15: no message takes the memory).
     max_keyframe_pixels: int = 1_000_000
     max_stored_keyframes: int = 4096  # windows hold at most max_window (1000) keyframes plus the next stride
+    # The model's tracks for fusion's back end (stream/model_tracks.py, issue 17): "auto" sends them when the model
+    # has a track head with weights from a checkpoint (VGGT-1B; vggt-tiny has none), "on" whenever it has a track head
+    # (an error without one), "off" never. `track_query`: which points, through which keyframes.
+    tracks: TracksMode = "auto"
+    track_query: TrackQueryConfig = field(default_factory=TrackQueryConfig)
 
     def __post_init__(self) -> None:
         check_field(self, "refresh_budget", self.refresh_budget >= 0, "int >= 0")
@@ -55,6 +61,7 @@ class ReconstructionConfig:
         check_field(self, "max_request_wait_s", self.max_request_wait_s > 0, "float > 0")
         check_field(self, "max_keyframe_pixels", self.max_keyframe_pixels >= 64, "int >= 64")
         check_field(self, "max_stored_keyframes", self.max_stored_keyframes >= 1, "int >= 1")
+        check_field(self, "tracks", self.tracks in ("auto", "on", "off"), "'auto', 'on' or 'off'")
         if self.spark3r is True or (self.spark3r_config and self.spark3r not in (None, False)):
             spark3r = load_config_file(self.spark3r_config) if self.spark3r_config else Spark3RConfig()
             object.__setattr__(self, "spark3r", spark3r)
@@ -77,6 +84,9 @@ class WindowOutput:
     timings: dict[str, float] = field(default_factory=dict)
     plan: dict[str, Any] | str = field(default_factory=dict)
     model: str = ""
+    track_keyframe_ids: np.ndarray | None = None  # the model's tracks (ReconstructionConfig.tracks), see WindowResult
+    track_ids: np.ndarray | None = None
+    track_uv: np.ndarray | None = None
 
 
 class WindowReconstructor:
@@ -89,6 +99,9 @@ class WindowReconstructor:
         self.last_decoded: dict[int, int] = {}  # keyframe_id -> run counter when its depth was last decoded
         self.num_runs = 0
         self.stats = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}
+        self.sends_tracks = tracks_enabled(model, config.tracks)  # ConfigError for "on" without a track head
+        if self.sends_tracks:
+            self.stats |= {"track_runs": 0, "track_observations": 0, "track_failures": 0}
 
     @classmethod
     def from_config(cls, config: ReconstructionConfig) -> WindowReconstructor:
@@ -175,6 +188,7 @@ class WindowReconstructor:
             "num_keyframes": float(len(keyframe_ids)),
             "num_dense": float(len(dense)),
         }
+        tracks = self._tracks(window_id, keyframe_ids, images, patch_tokens, timings) if self.sends_tracks else None
         return WindowOutput(
             window_id=window_id,
             keyframe_ids=tuple(keyframe_ids),
@@ -186,7 +200,24 @@ class WindowReconstructor:
             timings=timings,
             plan=_jsonable(prediction.metadata.get("reduction_plan", {})),
             model=prediction.model,
+            **({} if tracks is None else vars(tracks)),
         )
+
+    def _tracks(self, window_id, keyframe_ids, images, patch_tokens, timings) -> WindowTracks | None:
+        """The track head on the window's newest keyframes; a failure is counted and logged, the window's poses and
+        depth still go out (the back end then uses the optical-flow tracks alone)."""
+        start = time.perf_counter()
+        try:
+            tracks = track_window(self.model, images, keyframe_ids, self.config.track_query, patch_tokens)
+        except (RuntimeError, ValueError) as exc:
+            self.stats["track_failures"] += 1
+            log.warning("window %d: the track head failed (%s); the result goes out without tracks", window_id, exc)
+            return None
+        timings["track_ms"] = round((time.perf_counter() - start) * 1e3, 3)
+        if tracks is not None:
+            self.stats["track_runs"] += 1
+            self.stats["track_observations"] += len(tracks.track_ids)
+        return tracks
 
 
 def _jsonable(plan: Any) -> dict[str, Any] | str:
