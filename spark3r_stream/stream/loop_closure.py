@@ -129,10 +129,16 @@ class LoopDetector:
 
     def add_keyframe(self, keyframe_id: int, image: np.ndarray, intrinsics: np.ndarray | None = None) -> None:
         """`intrinsics`: [3, 3] in the image's pixels when known (else the map's are used)."""
-        features = KeyframeFeatures.from_image(image, self.config, intrinsics)
+        self.add_features(keyframe_id, KeyframeFeatures.from_image(image, self.config, intrinsics))
+
+    def add_features(self, keyframe_id: int, features: KeyframeFeatures) -> None:
+        """Features computed before (a fusion state reloaded, stream/map_store.py); a known keyframe's are replaced."""
+        if keyframe_id in self.features:
+            self._thumbnails[self._ids.index(keyframe_id)] = features.thumbnail
+        else:
+            self._ids.append(keyframe_id)
+            self._thumbnails = np.vstack([self._thumbnails, features.thumbnail[None]])
         self.features[keyframe_id] = features
-        self._ids.append(keyframe_id)
-        self._thumbnails = np.vstack([self._thumbnails, features.thumbnail[None]])
 
     def candidates(self, new: int, eligible: set[int]) -> list[tuple[int, float]]:
         """The `top_k` most similar keyframes among `eligible` that are `min_separation` older than `new`."""
