@@ -7,13 +7,19 @@ Layout under `<out>/state/fusion/` (`MapStore.for_run`):
                           per sender, NodeLoop.export_input_state); written to a temporary file and renamed last
     kf_<id>_<rev>.npz     a map block: one keyframe's points (camera frame), colours, confidence, pixel index and
                           cached image, written once per points revision (a pose change rewrites only index.json)
-    msg_<id>.npz          a keyframe message's track data and image, re-fed to the back end on reload
+    msg_<id>.npz          a keyframe message's track data and image, re-fed to the back end on reload; only for
+                          keyframes a window can still hold (from the newest run's first keyframe on), at most
+                          `keep_keyframe_messages`
     frames_<n>.npz        frame records (seq, time, ground truth) that arrived since the previous save, append-only
+    graph_<n>.npz         the back end's pose graph (its edges, PoseGraph.export_state), rewritten when it changed
+    loop_<n>.npz          loop-closure features (thumbnail, ORB keypoints and descriptors) of the keyframes added
+                          since the previous save, append-only: a reloaded back end still closes loops to any keyframe
 
 Blocks and chunks are written before the index that names them, and replaced ones are deleted after it, so a kill at
 any moment leaves the previous index and everything it names (ZeroMQ's "Titanic" pattern keeps messages on disk for
 the same reason). The senders keep what came after the last save in their replay buffers; the input accounting in
-the index makes the receiver drop what the state already holds.
+the index makes the receiver drop what the state already holds. Only JSON and numpy arrays (loaded with
+allow_pickle=False) are written: a state directory can hold no code.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from spark3r_stream.stream.loop_closure import KeyframeFeatures
 from spark3r_stream.transport.messages import Keyframe
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,10 @@ log = logging.getLogger(__name__)
 __all__ = ["MapStore"]
 
 INDEX = "index.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the back end's pose graph, loop-closure features and report rows
+READS_VERSIONS = (1, 2)  # a version-1 state reloads without them
+GRAPH_FIELDS = ("pairs", "rotation", "translation", "scale", "is_loop")
+BACKEND_ROWS = ("refinements", "loop_candidates", "graph_runs", "failures")  # BackEnd's report lists
 POINT_FIELDS = ("points_cam", "colors", "confidence", "pixel_index")
 SCALAR_FIELDS = ("frame_seq", "t_capture", "window_id", "points_scale", "pose_revision", "points_revision")
 TRACK_FIELDS = ("track_ids", "track_uv", "source_intrinsics")
@@ -53,6 +63,10 @@ class MapStore:
         self._saved_frames: set[int] = set()
         self._messages: dict[int, str] = {}  # keyframe id -> message file
         self._pending_messages: dict[int, Keyframe] = {}
+        self._graph: str | None = None  # pose-graph file in the last index
+        self._graph_state: dict[str, np.ndarray] | None = None
+        self._loop_chunks: list[str] = []
+        self._saved_features: set[int] = set()
 
     @classmethod
     def for_run(cls, out: str | os.PathLike, node: str = "fusion") -> MapStore:
@@ -72,8 +86,12 @@ class MapStore:
             self.path.parent.rmdir()
 
     def add_keyframe(self, keyframe: Keyframe) -> None:
-        """Keep a keyframe message's back-end data until the next save writes it."""
+        """Keep a keyframe message's back-end data until the next save writes it (the newest
+        `keep_keyframe_messages` of them: a save would not write older ones, so memory stays bounded when saves
+        do not come, e.g. no window result for a long time)."""
         self._pending_messages[keyframe.keyframe_id] = keyframe
+        while len(self._pending_messages) > self.keep_keyframe_messages:
+            del self._pending_messages[min(self._pending_messages)]
 
     def save(self, step: Any, input_state: dict[str, Any]) -> None:
         """Write the state of `step` (a stream.pipeline.FusionStep) and the node's input accounting."""
@@ -116,6 +134,8 @@ class MapStore:
             chunks.append(name)
         messages = dict(self._messages)
         for keyframe_id, msg in self._pending_messages.items():
+            if keyframe_id < step.window_start:  # no window holds it any more: the back end needs none of it
+                continue
             name = f"msg_{keyframe_id:06d}.npz"
             arrays = {"image": msg.image, "source_hw": np.array(msg.source_hw or (0, 0), np.int64)}
             arrays |= {f: getattr(msg, f) for f in TRACK_FIELDS if getattr(msg, f) is not None}
@@ -123,29 +143,40 @@ class MapStore:
             messages[keyframe_id] = name
         for keyframe_id in sorted(messages)[: -self.keep_keyframe_messages or None]:
             messages.pop(keyframe_id)
+        for keyframe_id in [k for k in messages if k < step.window_start]:
+            messages.pop(keyframe_id)  # its loop features are in the loop chunks, its tracks are not needed
+        graph, loop_chunks, new_features = self._save_backend(step.backend)
         index = {
             "version": STATE_VERSION,
             "keyframes": keyframes,
             "frame_chunks": chunks,
             "keyframe_messages": {str(k): v for k, v in messages.items()},
+            "pose_graph": graph,
+            "loop_chunks": loop_chunks,
+            "backend": {name: getattr(step.backend, name) for name in BACKEND_ROWS},
             "num_windows": state["num_windows"],
             "step": {
                 "num_frames": step.num_frames,
                 "newest": step.newest,
                 "windows": step.windows,
                 "plans": step.plans,
+                "window_start": step.window_start,
             },
             "inputs": input_state,
         }
         tmp = self.path / (INDEX + ".tmp")
         tmp.write_text(json.dumps(index, default=_plain))
         tmp.replace(self.path / INDEX)  # the commit point
-        for stale in (set(self._blocks.values()) - set(blocks.values())) | (
-            set(self._messages.values()) - set(messages.values())
+        for stale in (
+            (set(self._blocks.values()) - set(blocks.values()))
+            | (set(self._messages.values()) - set(messages.values()))
+            | ({self._graph} - {graph, None})
         ):
             (self.path / stale).unlink(missing_ok=True)
         self._blocks, self._chunks, self._messages = blocks, chunks, messages
+        self._graph, self._loop_chunks = graph, loop_chunks
         self._saved_frames.update(new_frames)
+        self._saved_features.update(new_features)
         self._pending_messages.clear()
         self.num_saves += 1
         self.save_s += time.perf_counter() - start
@@ -158,12 +189,12 @@ class MapStore:
         if not path.is_file():
             return None
         index = json.loads(path.read_text())
-        if index.get("version") != STATE_VERSION:
+        if index.get("version") not in READS_VERSIONS:
             log.warning(
-                "fusion state %s has version %s, this build writes %d: ignored",
+                "fusion state %s has version %s, this build reads %s: ignored",
                 path,
                 index.get("version"),
-                STATE_VERSION,
+                ", ".join(map(str, READS_VERSIONS)),
             )
             return None
         keyframes = {}
@@ -196,8 +227,10 @@ class MapStore:
         saved = index["step"]
         step.num_frames, step.newest = saved["num_frames"], saved["newest"]
         step.windows, step.plans = saved["windows"], saved["plans"]
+        step.window_start = saved.get("window_start", 0)  # version 1 did not save it
+        self._load_backend(step.backend, index)  # before the messages: loop features keep their keyframe order
         messages = {int(k): v for k, v in index["keyframe_messages"].items()}
-        for keyframe_id in sorted(messages):  # the back end's tracks and loop-closure features
+        for keyframe_id in sorted(messages):  # the back end's tracks (their loop features are computed again)
             with np.load(self.path / messages[keyframe_id]) as data:
                 fields = {f: data[f] for f in TRACK_FIELDS if f in data.files}
                 source_hw = tuple(int(v) for v in data["source_hw"])
@@ -217,14 +250,103 @@ class MapStore:
         self._saved_frames = set(frame_times)
         self._messages = messages
         log.info(
-            "fusion state reloaded from %s: %d keyframes (%d posed), %d frames, %d windows",
+            "fusion state reloaded from %s: %d keyframes (%d posed), %d frames, %d windows, %d pose-graph edges, "
+            "loop features of %d keyframes",
             self.path,
             len(keyframes),
             len(step.gmap.keyframe_ids),
             len(frame_times),
             index["num_windows"],
+            len(step.backend.pose_graph.edges),
+            len(step.backend.loop_detector.features),
         )
         return index["inputs"]
+
+    # ------------------------------------------------------------------------------------------------ back end
+
+    def _save_backend(self, backend: Any) -> tuple[str | None, list[str], set[int]]:
+        """Write the pose graph if it changed and the loop features added since the last save (before the index
+        names them); returns (graph file, loop chunk files, keyframe ids of the new features)."""
+        graph = self._graph
+        state = backend.pose_graph.export_state()
+        if self._graph_state is None or any(not np.array_equal(state[f], self._graph_state[f]) for f in GRAPH_FIELDS):
+            graph = f"graph_{self.num_saves:06d}.npz"
+            _write_npz(self.path / graph, state)
+            self._graph_state = state
+        chunks = list(self._loop_chunks)
+        features = backend.loop_detector.features
+        new = [k for k in features if k not in self._saved_features]
+        if new:
+            name = f"loop_{len(chunks):06d}.npz"
+            _write_npz(self.path / name, _features_arrays(new, features))
+            chunks.append(name)
+        return graph, chunks, set(new)
+
+    def _load_backend(self, backend: Any, index: dict[str, Any]) -> None:
+        """Restore the pose graph, loop-closure features and report rows a version-2 state holds."""
+        if index.get("pose_graph"):
+            path = self.path / index["pose_graph"]
+            with np.load(path, allow_pickle=False) as data:
+                state = {f: data[f] for f in GRAPH_FIELDS}
+            backend.pose_graph.import_state(state, source=str(path))
+            self._graph, self._graph_state = index["pose_graph"], state
+        size = backend.loop_detector.config.thumbnail_size
+        for name in index.get("loop_chunks", []):
+            with np.load(self.path / name, allow_pickle=False) as data:
+                for keyframe_id, features in _features_from_arrays(data, size, self.path / name):
+                    backend.loop_detector.add_features(keyframe_id, features)
+                    self._saved_features.add(keyframe_id)
+        self._loop_chunks = list(index.get("loop_chunks", []))
+        for name, rows in index.get("backend", {}).items():
+            if name in BACKEND_ROWS:
+                setattr(backend, name, rows)
+
+
+def _features_arrays(keyframe_ids: list[int], features: dict[int, KeyframeFeatures]) -> dict[str, np.ndarray]:
+    """Loop-closure features of several keyframes as flat arrays (keypoints and descriptors concatenated)."""
+    chosen = [features[k] for k in keyframe_ids]
+    return {
+        "keyframe_ids": np.array(keyframe_ids, np.int64),
+        "thumbnails": np.stack([f.thumbnail for f in chosen]).astype(np.float32),
+        "image_hw": np.array([f.image_hw for f in chosen], np.int64).reshape(-1, 2),
+        "intrinsics": np.stack([np.full((3, 3), np.nan) if f.intrinsics is None else f.intrinsics for f in chosen]),
+        "num_keypoints": np.array([len(f.keypoints) for f in chosen], np.int64),
+        "keypoints": np.concatenate([f.keypoints for f in chosen]).astype(np.float32).reshape(-1, 2),
+        "descriptors": np.concatenate([f.descriptors for f in chosen]).astype(np.uint8).reshape(-1, 32),
+    }
+
+
+def _features_from_arrays(data: Any, thumbnail_size: int, source: Path) -> list[tuple[int, KeyframeFeatures]]:
+    ids, counts = data["keyframe_ids"], data["num_keypoints"]
+    keypoints, descriptors, thumbnails = data["keypoints"], data["descriptors"], data["thumbnails"]
+    if (
+        thumbnails.shape != (len(ids), thumbnail_size**2)
+        or len(counts) != len(ids)
+        or (counts < 0).any()
+        or len(keypoints) != counts.sum()
+        or len(descriptors) != counts.sum()
+    ):
+        raise ValueError(
+            f"loop-closure features {source}: arrays do not fit each other or thumbnail_size {thumbnail_size}"
+        )
+    ends = np.cumsum(counts)
+    out = []
+    for i, keyframe_id in enumerate(ids.tolist()):
+        part = slice(ends[i] - counts[i], ends[i])
+        intrinsics = data["intrinsics"][i]
+        out.append(
+            (
+                keyframe_id,
+                KeyframeFeatures(
+                    thumbnails[i],
+                    keypoints[part],
+                    descriptors[part],
+                    tuple(int(v) for v in data["image_hw"][i]),
+                    None if np.isnan(intrinsics).any() else np.asarray(intrinsics, np.float64),
+                ),
+            )
+        )
+    return out
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -239,6 +239,8 @@ class FusionStep:
         self.num_frames = 0
         self.windows: list[dict[str, Any]] = []
         self.plans: dict[str, Any] = {}
+        # the first keyframe of the newest window run: later runs never reach further back (stream/windows.py)
+        self.window_start = 0
 
     def on_frame_record(self, record: FrameRecord) -> None:
         self.num_frames += 1
@@ -260,6 +262,7 @@ class FusionStep:
         summary = {"num_dense": len(result.dense_keyframe_ids), "alignment": step.alignment.summary()}
         self.windows.append({"window_id": result.window_id, "timings": result.timings, **summary})
         self.plans[result.model] = result.plan
+        self.window_start = max(self.window_start, min(result.keyframe_ids))
         return self.poses()
 
     def poses(self, snapshot: bool = False) -> MapUpdate | None:

@@ -147,6 +147,37 @@ class PoseGraph:
         gone = set(keyframe_ids)
         self.edges = {pair: edge for pair, edge in self.edges.items() if not gone & set(pair)}
 
+    def export_state(self) -> dict[str, np.ndarray]:
+        """The edges as plain arrays (stream/map_store.py saves them with numpy, never pickle): `pairs` [E, 2],
+        `rotation` [E, 3, 3], `translation` [E, 3], `scale` [E], `is_loop` [E], in insertion order."""
+        edges = list(self.edges.items())
+        return {
+            "pairs": np.array([pair for pair, _ in edges], np.int64).reshape(-1, 2),
+            "rotation": np.array([e.measured.rotation for _, e in edges], np.float64).reshape(-1, 3, 3),
+            "translation": np.array([e.measured.translation for _, e in edges], np.float64).reshape(-1, 3),
+            "scale": np.array([e.measured.scale for _, e in edges], np.float64),
+            "is_loop": np.array([e.kind == "loop" for _, e in edges], bool),
+        }
+
+    def import_state(self, state: Mapping[str, np.ndarray], source: str = "<state>") -> None:
+        """Replace the edges with those of `export_state`; ValueError naming `source` for arrays that do not fit."""
+        pairs = np.asarray(state["pairs"])
+        count = len(pairs)
+        shapes = {"pairs": (count, 2), "rotation": (count, 3, 3), "translation": (count, 3), "scale": (count,),
+                  "is_loop": (count,)}  # fmt: skip
+        for name, shape in shapes.items():
+            if np.shape(state[name]) != shape:
+                raise ValueError(
+                    f"pose graph state {source}: {name} has shape {np.shape(state[name])}, expected {shape}"
+                )
+        values = [np.asarray(state[n], np.float64) for n in ("rotation", "translation", "scale")]
+        if not all(np.isfinite(v).all() for v in values) or (values[2] <= 0).any():
+            raise ValueError(f"pose graph state {source}: non-finite edges or a scale <= 0")
+        self.edges = {
+            (int(i), int(j)): _Edge(Sim3(rotation, translation, float(scale)), "loop" if is_loop else "window")
+            for (i, j), rotation, translation, scale, is_loop in zip(pairs, *values, state["is_loop"], strict=True)
+        }
+
     def optimize(self, nodes: Mapping[int, Sim3]) -> PoseGraphResult:
         """Levenberg-Marquardt over every edge whose keyframes are in `nodes`, from `nodes`; the oldest keyframe is
         held fixed (the gauge). A loop edge the solution cannot agree with (chi-square above `loop_chi2`) is
