@@ -137,7 +137,10 @@ class WindowReconstructor:
                 f"keyframe {keyframe_id}: {len(self.images)} keyframes stored already (max_stored_keyframes)",
                 "store_full",
             )
-        self.images[keyframe_id] = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        # channel-first and contiguous: stacking 1,000 channels-last views copies element by element (seconds)
+        self.images[keyframe_id] = (
+            torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().float() / 255.0
+        )
 
     def forget(self, keep: set[int]) -> None:
         """Drop stored images and cached encodings of keyframes outside `keep` (memory bounded by the window)."""
@@ -145,15 +148,16 @@ class WindowReconstructor:
             for keyframe_id in [k for k in store if k not in keep]:
                 del store[keyframe_id]
 
-    def _encode(self, keyframe_ids: tuple[int, ...], images: torch.Tensor) -> torch.Tensor | None:
+    def _encode(self, keyframe_ids: tuple[int, ...]) -> torch.Tensor | None:
         if not self.config.encoder_cache or not hasattr(self.model, "aggregator"):
             return None
         missing = [i for i, k in enumerate(keyframe_ids) if k not in self.encoded]
         self.stats["encoder_cache_hits"] += len(keyframe_ids) - len(missing)
         self.stats["encoder_cache_misses"] += len(missing)
         if missing:
+            images = torch.stack([self.images[keyframe_ids[i]] for i in missing])
             with torch.inference_mode():
-                fresh = self.model.aggregator.encode(images[missing][None].to(self.device))[0]
+                fresh = self.model.aggregator.encode(images[None].to(self.device))[0]
             for i, tokens in zip(missing, fresh, strict=True):
                 self.encoded[keyframe_ids[i]] = tokens
         return torch.stack([self.encoded[k] for k in keyframe_ids])[None]
@@ -174,10 +178,13 @@ class WindowReconstructor:
         if unknown:
             raise KeyError(f"window {window_id}: keyframes {unknown[:5]} were never received")
         self.num_runs += 1
-        images = torch.stack([self.images[k] for k in keyframe_ids])
         start = time.perf_counter()
-        patch_tokens = self._encode(keyframe_ids, images)
+        patch_tokens = self._encode(keyframe_ids)
         encode_ms = (time.perf_counter() - start) * 1e3
+        if patch_tokens is None or self.sends_tracks:
+            images = torch.stack([self.images[k] for k in keyframe_ids])
+        else:  # with cached patch tokens the forward reads only the images' shape (Aggregator.forward): no 1,000-frame copy
+            images = self.images[keyframe_ids[0]].expand(len(keyframe_ids), -1, -1, -1)
         dense = self.dense_selection(keyframe_ids)
         prediction = predict(self.model, images, dense_frames=torch.tensor(dense), patch_tokens=patch_tokens)
         for i in dense:
