@@ -44,7 +44,9 @@ class ReconstructionConfig:
     # the backbone is busy (paced or live streams: keyframe lag bounded whatever the run time; every keyframe is still
     # stored and posed, see stream.pipeline.ReconstructionStep).
     requests: Literal["every", "latest"] = "every"
-    max_request_wait_s: float = 2.0  # "latest": a request waiting this long runs even while messages keep arriving
+    # "latest": a request waiting this long, and at least as long as the last run took, runs even while messages keep
+    # arriving (ReconstructionStep.is_overdue)
+    max_request_wait_s: float = 2.0
     # A keyframe arrives at model resolution (<= 518 x 518 for every preset); anything far beyond that, or more
     # stored keyframes than any window holds, is refused before it is stored (issue 15: no message takes the memory).
     max_keyframe_pixels: int = 1_000_000

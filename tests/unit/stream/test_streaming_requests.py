@@ -121,3 +121,36 @@ def test_a_request_that_waited_too_long_is_overdue(model):
     now[0] += 0.5
     assert step.is_overdue(2.0)
     assert step.run_pending().window_id == 1 and not step.is_overdue(0.1)  # nothing waits after the run
+
+
+def test_after_a_long_run_a_request_is_overdue_only_once_it_waited_as_long_as_that_run(model):
+    """A busy input must not re-trigger a long run back to back: the keyframes that came during it get as much intake."""
+    now = [100.0]
+    step = ReconstructionStep(WindowReconstructor(model, ReconstructionConfig()), clock=lambda: now[0])
+    run = step.reconstructor.run
+
+    def slow_run(*args):  # a 5 s run on the injected clock
+        now[0] += 5.0
+        return run(*args)
+
+    step.reconstructor.run = slow_run
+    for keyframe_id in range(8):
+        step.on_keyframe(keyframe(keyframe_id))
+    step.offer(WindowRequest(window_id=0, keyframe_ids=(0, 1, 2, 3)))
+    now[0] += 2.0
+    assert step.is_overdue(2.0)  # no run yet: the configured wait alone
+    step.run_pending()
+    step.offer(WindowRequest(window_id=0, keyframe_ids=(0, 1, 2, 3, 4, 5)))
+    now[0] += 4.9
+    assert not step.is_overdue(2.0)  # waited past max_wait_s, not yet as long as the 5 s run
+    now[0] += 0.1
+    assert step.is_overdue(2.0)
+    step.run_pending()
+    step.reconstructor.run = run  # a short run: the configured wait applies again
+    step.offer(WindowRequest(window_id=0, keyframe_ids=tuple(range(8))))
+    now[0] += 2.0
+    assert not step.is_overdue(2.0)  # the last run still took 5 s
+    step.run_pending()
+    step.offer(WindowRequest(window_id=1, keyframe_ids=(6, 7)))
+    now[0] += 2.0
+    assert step.is_overdue(2.0)
