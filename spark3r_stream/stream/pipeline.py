@@ -233,6 +233,7 @@ class ReconstructionStep:
     def summary(self) -> dict[str, Any]:
         return {
             "encoder_cache": dict(self.reconstructor.stats),
+            "model_tracks": {"enabled": self.reconstructor.sends_tracks, **self.reconstructor.track_stats},
             "reduction_plans": self.plans[-3:],
             "num_runs": self.reconstructor.num_runs,
             "runs": self.runs,

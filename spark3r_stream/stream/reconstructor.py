@@ -102,8 +102,7 @@ class WindowReconstructor:
         self.num_runs = 0
         self.stats = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}
         self.sends_tracks = tracks_enabled(model, config.tracks)  # ConfigError for "on" without a track head
-        if self.sends_tracks:
-            self.stats |= {"track_runs": 0, "track_observations": 0, "track_failures": 0}
+        self.track_stats = {"runs": 0, "observations": 0, "failures": 0}  # the report's reconstruction.model_tracks
 
     @classmethod
     def from_config(cls, config: ReconstructionConfig) -> WindowReconstructor:
@@ -219,13 +218,13 @@ class WindowReconstructor:
         try:
             tracks = track_window(self.model, images, keyframe_ids, self.config.track_query, patch_tokens)
         except (RuntimeError, ValueError) as exc:
-            self.stats["track_failures"] += 1
+            self.track_stats["failures"] += 1
             log.warning("window %d: the track head failed (%s); the result goes out without tracks", window_id, exc)
             return None
         timings["track_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         if tracks is not None:
-            self.stats["track_runs"] += 1
-            self.stats["track_observations"] += len(tracks.track_ids)
+            self.track_stats["runs"] += 1
+            self.track_stats["observations"] += len(tracks.track_ids)
         return tracks
 
 

@@ -126,8 +126,9 @@ def test_tracks_reach_the_window_result_and_the_back_end_refines_with_them(track
             results.append(result)
             fusion.on_result(result)
     assert len(results) >= 2 and set(source_hw.values()) == {(120, 160)}
-    stats = reconstruction.reconstructor.stats
-    assert stats["track_runs"] == len(results) and stats["track_failures"] == 0
+    stats = reconstruction.summary()["model_tracks"]
+    assert stats["enabled"] and stats["runs"] == len(results) and stats["failures"] == 0
+    assert stats["observations"] == sum(len(r.track_ids) for r in results)
     for result in results:
         assert result.timings["track_ms"] > 0
         tracked = result.keyframe_ids[-KEEP_ALL.num_frames :]
@@ -173,7 +174,7 @@ def test_a_track_head_failure_is_counted_and_the_window_still_goes_out(tracking_
         reconstructor.add_keyframe(k, rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
     output = reconstructor.run(0, (0, 1, 2))
     assert output.track_uv is None and output.world_from_cam.shape == (3, 4, 4)
-    assert reconstructor.stats["track_failures"] == 1 and reconstructor.stats["track_runs"] == 0
+    assert reconstructor.track_stats["failures"] == 1 and reconstructor.track_stats["runs"] == 0
 
 
 def _result_with_tracks(keyframe_ids, track_ids, track_uv, model_hw) -> WindowResult:
