@@ -53,8 +53,9 @@ class ReconstructionConfig:
     max_stored_keyframes: int = 4096  # windows hold at most max_window (1000) keyframes plus the next stride
     # The model's tracks for fusion's back end (stream/model_tracks.py, issue 17): "auto" sends them when the model
     # has a track head with weights from a checkpoint (VGGT-1B; vggt-tiny has none), "on" whenever it has a track head
-    # (an error without one), "off" never. `track_query`: which points, through which keyframes.
-    tracks: TracksMode = "auto"
+    # (an error without one), "off" never; YAML reads a bare on/off as true/false, taken the same way. `track_query`:
+    # which points, through which keyframes.
+    tracks: TracksMode | bool = "auto"
     track_query: TrackQueryConfig = field(default_factory=TrackQueryConfig)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class ReconstructionConfig:
         check_field(self, "max_request_wait_s", self.max_request_wait_s > 0, "float > 0")
         check_field(self, "max_keyframe_pixels", self.max_keyframe_pixels >= 64, "int >= 64")
         check_field(self, "max_stored_keyframes", self.max_stored_keyframes >= 1, "int >= 1")
+        if isinstance(self.tracks, bool):
+            object.__setattr__(self, "tracks", "on" if self.tracks else "off")
         check_field(self, "tracks", self.tracks in ("auto", "on", "off"), "'auto', 'on' or 'off'")
         if self.spark3r is True or (self.spark3r_config and self.spark3r not in (None, False)):
             spark3r = load_config_file(self.spark3r_config) if self.spark3r_config else Spark3RConfig()

@@ -189,3 +189,17 @@ def _result_with_tracks(keyframe_ids, track_ids, track_uv, model_hw) -> WindowRe
 
 
 torch.set_num_threads(1)
+
+
+def test_yaml_on_and_off_read_as_the_modes_and_anything_else_is_refused():
+    import yaml
+
+    from spark3r_stream.config import from_dict
+
+    for text, mode in (("on", "on"), ("off", "off"), ("auto", "auto"), ("true", "on"), ("'off'", "off")):
+        config = from_dict(ReconstructionConfig, yaml.safe_load(f"tracks: {text}"), source="t.yaml")
+        assert config.tracks == mode, text
+    with pytest.raises(ConfigError, match="t.yaml: tracks: expected one of 'auto', 'on', 'off' or bool, got 'maybe'"):
+        from_dict(ReconstructionConfig, {"tracks": "maybe"}, source="t.yaml")
+    with pytest.raises(ConfigError, match="track_query.num_frames: expected int >= 2, got 1"):
+        from_dict(ReconstructionConfig, {"track_query": {"num_frames": 1}}, source="t.yaml")
