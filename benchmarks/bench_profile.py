@@ -9,6 +9,13 @@ RSS is its own.
 operators inside Spark3R's global attention are (results: bench_profile_ops.md).
 
     spark3r bench profile --ops [--frames 1000] [--threads 2] [--no-dense] [--quick: S = 120, no result files]
+
+`--window` profiles the reconstruction node's window run (WindowReconstructor.run: encoder cache, streaming head
+schedule, vggt-tiny with Spark3R) at S keyframes in the steady state (the cache holds all but the `--new` newest):
+time per stage, and the CPU bf16 path's speed and output change against float32 where the CPU has avx512_bf16/AMX
+(results: bench_profile_window.md).
+
+    spark3r bench profile --window [--frames 1000] [--new 4] [--repeats 2 (at least)] [--threads 2] [--quick: S = 40]
 """
 
 from __future__ import annotations
@@ -90,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: vggt-tiny, S = 2, 4; results not written")
     parser.add_argument("--ops", action="store_true", help="torch.profiler split of the fixture backbone at one S")
     parser.add_argument("--no-dense", action="store_true", help="--ops: profile Spark3R only")
+    parser.add_argument("--window", action="store_true", help="the reconstruction node's window run at one S")
+    parser.add_argument("--new", type=int, default=4, help="--window: new keyframes per run (the window stride)")
     args = parser.parse_args(argv)
     if args.ops:
         return profile_ops(args, argv if argv is not None else sys.argv[1:])
+    if args.window:
+        return profile_window(args, argv if argv is not None else sys.argv[1:])
     if args.quick:
         args.model, args.size, args.frames = "vggt-tiny", 112, [2, 4]
     ctx = mp.get_context("spawn")
@@ -302,6 +313,176 @@ def profile_ops(args, argv: list[str]) -> int:
         return 0
     write_results("bench_profile_ops", {**header("bench_profile", argv), "bench": "bench_profile_ops"}, markdown, data)
     return 0
+
+
+# --- the reconstruction node's window run -----------------------------------------------------------------------
+
+WINDOW_STAGES = {  # label -> module paths (each element of a ModuleList timed on its own)
+    "frame blocks": "aggregator.frame_blocks",
+    "global attention": "aggregator.global_blocks.*.attn",
+    "global blocks rest (MLP, norms)": "aggregator.global_blocks",
+    "camera head": "camera_head",
+    "depth head": "depth_head",
+    "point head": "point_head",
+}
+
+
+def _window_hooks(model, totals: dict[str, float]) -> None:
+    """Accumulate wall time per WINDOW_STAGES label with forward hooks; the global attention is taken out of its
+    blocks' time afterwards (`_window_split`)."""
+    import torch
+
+    for stage, path in WINDOW_STAGES.items():
+        if path.endswith(".*.attn"):
+            targets = [block.attn for block in model.get_submodule(path.split(".*")[0])]
+        elif _has(model, path):
+            module = model.get_submodule(path)
+            targets = list(module) if isinstance(module, torch.nn.ModuleList) else [module]
+        else:
+            continue
+        for target in targets:
+            target.register_forward_pre_hook(lambda m, a, s=stage: totals.__setitem__(f"_{s}", time.perf_counter()))
+            target.register_forward_hook(
+                lambda m, a, o, s=stage: totals.__setitem__(s, totals[s] + time.perf_counter() - totals[f"_{s}"])
+            )
+
+
+def _window_run(reconstructor, window_id: int, keyframe_ids: tuple[int, ...], totals: dict[str, float]) -> dict:
+    totals.clear()
+    start = time.perf_counter()
+    output = reconstructor.run(window_id, keyframe_ids)
+    row = {"run_s": time.perf_counter() - start, "forward_s": output.timings["forward_ms"] / 1e3}
+    row["encode_s"] = output.timings["encode_ms"] / 1e3
+    row |= {stage: totals.get(stage, 0.0) for stage in WINDOW_STAGES}
+    row["global blocks rest (MLP, norms)"] -= row["global attention"]
+    row["other (token assembly, outputs)"] = row["run_s"] - sum(row[s] for s in WINDOW_STAGES) - row["encode_s"]
+    row["num_dense"] = len(output.dense_keyframe_ids)
+    return row | {"_output": output}
+
+
+def profile_window(args, argv: list[str]) -> int:
+    import numpy as np
+    import torch
+
+    from benchmarks.bench_attention import header, machine_load_note, table, write_results
+    from spark3r_stream.models.outputs import cpu_has_bf16
+    from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
+    from spark3r_stream.synth import render_sequence
+
+    torch.set_num_threads(args.threads)
+    S = 40 if args.quick else args.frames[0] if args.frames != [2, 4, 8, 16] else 1000
+    args.repeats = 1 if args.quick else max(args.repeats, 2)
+    model_name = "vggt-tiny" if args.model == "vggt-1b" else args.model  # the long-window preset
+    load_start = __import__("os").getloadavg()[0]
+    seq = render_sequence(0, S + args.new * (args.repeats + 1), height=args.size, width=args.size)
+    reconstructor = WindowReconstructor.from_config(ReconstructionConfig(model=model_name))
+    for keyframe_id, image in enumerate(seq.images):
+        reconstructor.add_keyframe(keyframe_id, image)
+    totals: dict[str, float] = defaultdict(float)
+    _window_hooks(reconstructor.model, totals)
+    reconstructor.run(0, tuple(range(S)))  # fills the encoder cache and the plan/index caches
+    rows = []
+    for run in range(1, args.repeats + 1):  # the steady state: `new` keyframes enter, `new` leave
+        window = tuple(range(run * args.new, S + run * args.new))
+        decoded = dict(reconstructor.last_decoded)  # the streaming head schedule's state before this run
+        rows.append({"precision": "float32", "run": run, **_window_run(reconstructor, run, window, totals)})
+    last = rows[-1].pop("_output")
+    change = {}
+    if cpu_has_bf16():
+        reconstructor.cpu_bf16 = True
+        reconstructor.last_decoded = dict(decoded)
+        _window_run(reconstructor, 98, window, totals)  # warm-up: oneDNN builds its bf16 kernels on first use
+        for run in range(args.repeats):  # the last window again, same dense keyframes: only the precision differs
+            reconstructor.last_decoded = dict(decoded)
+            rows.append({"precision": "bf16", "run": run + 1, **_window_run(reconstructor, 99, window, totals)})
+        reconstructor.cpu_bf16 = False
+        change = _output_change(rows[-1].pop("_output"), last)
+    for row in rows:
+        row.pop("_output", None)
+    stages = ["encode_s", *WINDOW_STAGES, "other (token assembly, outputs)"]
+    median = {
+        precision: {
+            k: float(np.median([r[k] for r in rows if r["precision"] == precision])) for k in ["run_s", *stages]
+        }
+        for precision in dict.fromkeys(r["precision"] for r in rows)
+    }
+    split_rows = [
+        {"stage": "encoder (cache misses only)" if k == "encode_s" else k}
+        | {f"{p} (s)": median[p][k] for p in median}
+        | {f"{p} share": f"{median[p][k] / median[p]['run_s']:.0%}" for p in median}
+        for k in stages
+    ]
+    split_rows.append({"stage": "**window run (wall)**"} | {f"{p} (s)": median[p]["run_s"] for p in median})
+    columns = (
+        [("stage", "stage")]
+        + [(f"{p} (s)", f"{p} (s)") for p in median]
+        + [(f"{p} share", f"{p} share") for p in median]
+    )
+    markdown = (
+        machine_load_note(load_start)
+        + f"Window run of the reconstruction node (`WindowReconstructor.run`: {model_name} with Spark3R (paper "
+        f"factors, the preset's schedule), encoder cache, streaming head schedule: dense heads on the new keyframes "
+        f"plus the refresh budget) at S = {S} keyframes of a synthetic handheld sequence ({args.size}×{args.size}), "
+        f"{args.threads} threads. Steady state: the cache holds every keyframe but the {args.new} new ones; "
+        f"median of {args.repeats} runs per precision (wall time per stage from forward hooks; "
+        "'other' = the run's wall time minus the stages).\n\n## Time per stage\n\n" + table(split_rows, columns)
+    )
+    if change:
+        speed = median["float32"]["run_s"] / median["bf16"]["run_s"]
+        fidelity = json.loads((RESULTS / "bench_fidelity.json").read_text())
+        spark3r = next(r for r in fidelity["rows"] if r["setting"].startswith("paper schedule"))
+        within = all(change[k] <= spark3r[k] for k in CHANGE_COLUMNS if k != "depth_delta125_vs_dense")
+        within = within and change["depth_delta125_vs_dense"] >= spark3r["depth_delta125_vs_dense"]
+        markdown += (
+            f"\n## CPU bf16 path (autocast over the backbone, heads float32) against float32, same window\n\n"
+            f"Speed-up {speed:.2f}× on the window run. Output change of the bf16 path against float32 (pose "
+            "Sim(3)-aligned, as bench_fidelity), beside the fidelity table's change of Spark3R (paper schedule) "
+            f"against dense (bench_fidelity.md, {fidelity['git_sha']}):\n\n"
+            + table(
+                [
+                    {"what": "bf16 vs float32 (this window)", **change},
+                    {"what": "Spark3R vs dense (fidelity)", **spark3r},
+                ],
+                [("what", "")] + list(CHANGE_COLUMNS.items()),
+            )
+            + f"\nEvery bf16 change is {'within' if within else 'NOT within'} the fidelity table's Spark3R change.\n"
+        )
+    else:
+        markdown += "\nThis CPU has neither avx512_bf16 nor AMX: the bf16 path was not measured.\n"
+    print(markdown)
+    if not args.quick:
+        data = {
+            "frames": S,
+            "new": args.new,
+            "model": model_name,
+            "rows": rows,
+            "median": median,
+            "bf16_change": change,
+        }
+        write_results(
+            "bench_profile_window", {**header("bench_profile", argv), "bench": "bench_profile_window"}, markdown, data
+        )
+    return 0
+
+
+CHANGE_COLUMNS = {
+    "ate_over_extent": "ATE / extent",
+    "rpe_t_vs_dense": "RPE-t",
+    "rpe_r_vs_dense_deg": "RPE-r (°)",
+    "rot_diff_deg": "median rotation diff (°)",
+    "depth_absrel_vs_dense": "depth AbsRel",
+    "depth_delta125_vs_dense": "depth δ<1.25",
+}
+
+
+def _output_change(pred, ref) -> dict[str, float]:
+    """WindowOutput `pred` against `ref` (same window): bench_fidelity's pose and depth differences."""
+    from benchmarks.bench_fidelity import differences
+
+    def as_prediction(output):
+        return __import__("types").SimpleNamespace(world_from_cam=output.world_from_cam, depth=output.depth)
+
+    return differences(as_prediction(pred), as_prediction(ref))
 
 
 def _git_sha() -> str:

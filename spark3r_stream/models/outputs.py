@@ -172,9 +172,21 @@ CONVERTERS: dict[str, Callable[[dict, tuple[int, int]], dict[str, np.ndarray | N
 }
 
 
-def autocast_for(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA (heads stay float32 inside the models), plain float32 elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast_for(device: torch.device, cpu_bf16: bool = False) -> torch.autocast:
+    """bf16 autocast on CUDA, and on the CPU with `cpu_bf16` (heads stay float32 inside the models); plain float32
+    elsewhere."""
+    enabled = device.type == "cuda" or (cpu_bf16 and device.type == "cpu")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or AMX flags in /proc/cpuinfo; False where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def predict(
@@ -185,6 +197,7 @@ def predict(
     patch_tokens: torch.Tensor | None = None,
     query_points: torch.Tensor | np.ndarray | None = None,
     intrinsics: torch.Tensor | np.ndarray | None = None,
+    cpu_bf16: bool = False,
 ) -> Prediction:
     """Run `model` on one scene.
 
@@ -196,6 +209,8 @@ def predict(
             with VGGT's track head (`Prediction.tracks`, `track_vis`, `track_conf`); a model without one refuses.
         intrinsics: [S, 3, 3] pixels of `images`, for the monocular DA3 nets, which predict no camera:
             da3-metric-large needs them for depth in metres (metres = focal · output / 300).
+        cpu_bf16: bf16 autocast on a CPU device too (worth it only where the CPU has avx512_bf16 or AMX; see
+            `cpu_has_bf16`); float32 by default.
     """
     device = next(model.parameters()).device
     images = images.to(device)
@@ -216,7 +231,7 @@ def predict(
             raise ValueError(f"predict query_points: expected [N, 2] pixels, got shape {tuple(query_points.shape)}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
-    with torch.inference_mode(), autocast_for(device):
+    with torch.inference_mode(), autocast_for(device, cpu_bf16):
         kwargs: dict[str, Any] = {}
         if dense_frames is not None:
             kwargs["dense_frames"] = dense_frames.to(device)

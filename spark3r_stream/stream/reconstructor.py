@@ -21,6 +21,7 @@ import torch
 from spark3r_stream.config import check_field
 from spark3r_stream.errors import InputError
 from spark3r_stream.input_size import DEFAULT_MODEL
+from spark3r_stream.models.outputs import cpu_has_bf16
 from spark3r_stream.spark3r.plan import Spark3RConfig, load_config_file
 from spark3r_stream.stream.model_tracks import TrackQueryConfig, TracksMode, WindowTracks, track_window, tracks_enabled
 
@@ -39,6 +40,9 @@ class ReconstructionConfig:
     encoder_cache: bool = True
     refresh_budget: int = 2  # older keyframes whose depth is re-decoded per run (oldest decode first)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    # bf16 autocast for the backbone on a CPU device (heads stay float32); ignored on CPUs without avx512_bf16/AMX.
+    # Off by default: see benchmarks/results/bench_profile_window.md for its speed and output change.
+    cpu_bf16: bool = False
     # Window requests in the node: "every" runs each one in order (a lossless replay as fast as the pipeline takes
     # it: reproducible, the single-process run's map); "latest" lets a newer request supersede one still waiting while
     # the backbone is busy (paced or live streams: keyframe lag bounded whatever the run time; every keyframe is still
@@ -104,6 +108,7 @@ class WindowReconstructor:
         self.last_decoded: dict[int, int] = {}  # keyframe_id -> run counter when its depth was last decoded
         self.num_runs = 0
         self.stats = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}
+        self.cpu_bf16 = config.cpu_bf16 and cpu_has_bf16()
         self.sends_tracks = tracks_enabled(model, config.tracks)  # ConfigError for "on" without a track head
         self.track_stats = {"runs": 0, "observations": 0, "failures": 0}  # the report's reconstruction.model_tracks
 
@@ -190,7 +195,9 @@ class WindowReconstructor:
         else:  # with cached patch tokens the forward reads only the images' shape (Aggregator.forward): no 1,000-frame copy
             images = self.images[keyframe_ids[0]].expand(len(keyframe_ids), -1, -1, -1)
         dense = self.dense_selection(keyframe_ids)
-        prediction = predict(self.model, images, dense_frames=torch.tensor(dense), patch_tokens=patch_tokens)
+        prediction = predict(
+            self.model, images, dense_frames=torch.tensor(dense), patch_tokens=patch_tokens, cpu_bf16=self.cpu_bf16
+        )
         for i in dense:
             self.last_decoded[keyframe_ids[i]] = self.num_runs
         timings = {

@@ -42,6 +42,17 @@ def test_bench_profile_ops_quick_splits_the_spark3r_global_attention(capsys):
         assert f"| {phase} |" in out
 
 
+def test_bench_profile_window_quick_splits_the_window_run(capsys):
+    from benchmarks import bench_profile
+
+    before = sorted(RESULTS.iterdir())
+    assert bench_profile.main(["--window", "--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("frame blocks", "global attention", "camera head", "depth head", "**window run (wall)**"):
+        assert f"| {stage} |" in out
+    assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
+
+
 def test_stage_modules_cover_every_block_once():
     for family in bench_backbone.FIXTURES_OF:
         model = bench_backbone.build_bench_model(family)

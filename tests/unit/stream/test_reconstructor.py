@@ -14,6 +14,7 @@ from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReco
 from tests.conftest import fixture_path
 
 TOL = 1e-5  # same float32 kernels on the same inputs; only the batching of the encoder differs
+BF16_DEPTH_TOL = 0.05  # bf16 keeps 8 mantissa bits (~0.4 % per value); a 4-block backbone stays within a few per cent
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,21 @@ def test_an_oversized_keyframe_or_a_full_store_is_refused_before_storing(model):
     with pytest.raises(InputError, match="2 keyframes stored already") as info:
         reconstructor.add_keyframe(3, np.zeros((28, 42, 3), np.uint8))
     assert info.value.reason == "store_full" and sorted(reconstructor.images) == [1, 2]
+
+
+def test_cpu_bf16_is_opt_in_and_needs_a_bf16_cpu(model, monkeypatch):
+    import spark3r_stream.stream.reconstructor as reconstructor_module
+
+    assert not WindowReconstructor(model, ReconstructionConfig()).cpu_bf16  # float32 by default
+    monkeypatch.setattr(reconstructor_module, "cpu_has_bf16", lambda: False)
+    assert not WindowReconstructor(model, ReconstructionConfig(cpu_bf16=True)).cpu_bf16
+    monkeypatch.setattr(reconstructor_module, "cpu_has_bf16", lambda: True)
+    runs = {}
+    for cpu_bf16 in (False, True):
+        reconstructor = WindowReconstructor(model, ReconstructionConfig(cpu_bf16=cpu_bf16))
+        for k, image in enumerate(keyframes(3)):
+            reconstructor.add_keyframe(k, image)
+        runs[cpu_bf16] = reconstructor.run(0, (0, 1, 2))
+    assert runs[True].world_from_cam.dtype == np.float64 and runs[True].depth.dtype == np.float32
+    assert not np.array_equal(runs[True].depth, runs[False].depth)  # the backbone did run in bf16
+    assert np.abs(runs[True].depth - runs[False].depth).max() < BF16_DEPTH_TOL * np.abs(runs[False].depth).max()
