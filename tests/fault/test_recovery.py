@@ -96,6 +96,9 @@ def test_killed_node_is_respawned_and_every_frame_is_posed(tmp_path, node):
         assert report["restored"]["keyframes"] >= 1, report.get("restored")
         assert report["state"]["saves"] >= 1
         assert not (out / "state").exists()  # removed after a normal end
+        # the back end's rows came back with it too (stream/map_store.py, state v2): one refinement per window
+        refined = [row["window_id"] for row in report["backend"]["runs"]]
+        assert refined == [row["window_id"] for row in report["windows"]["runs"]], refined
     else:  # the keyframes node sent the current windows again
         assert report["pipeline"]["accounting"]["keyframes_resent"] >= 1
 
