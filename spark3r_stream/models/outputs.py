@@ -195,6 +195,7 @@ def predict(
     *,
     dense_frames: torch.Tensor | None = None,
     patch_tokens: torch.Tensor | None = None,
+    first_block: torch.Tensor | None = None,
     query_points: torch.Tensor | np.ndarray | None = None,
     intrinsics: torch.Tensor | np.ndarray | None = None,
     cpu_bf16: bool = False,
@@ -205,6 +206,8 @@ def predict(
         images: [S, 3, H, W] in [0, 1] (moved to the model's device).
         dense_frames: frames whose depth/points to decode (default all); cameras are always predicted for all.
         patch_tokens: cached encoder outputs [1, S, h*w, C] (growing windows).
+        first_block: cached outputs of VGGT's frame block 0 [1, S, P, C] (growing windows; see
+            `Aggregator.first_frame_block`).
         query_points: [N, 2] pixels (x = column, y = row) in frame 0 of `images`: tracks them through every frame
             with VGGT's track head (`Prediction.tracks`, `track_vis`, `track_conf`); a model without one refuses.
         intrinsics: [S, 3, 3] pixels of `images`, for the monocular DA3 nets, which predict no camera:
@@ -237,6 +240,8 @@ def predict(
             kwargs["dense_frames"] = dense_frames.to(device)
         if patch_tokens is not None:
             kwargs["patch_tokens"] = patch_tokens.to(device)
+        if first_block is not None:
+            kwargs["first_block"] = first_block.to(device)
         if query_points is not None:
             kwargs["query_points"] = query_points[None]
         if intrinsics is not None:

@@ -191,18 +191,36 @@ class Aggregator(nn.Module):
         tokens = self.patch_embed(x)
         return tokens.view(B, S, *tokens.shape[1:])
 
+    def first_frame_block(
+        self, patch_tokens: torch.Tensor, grid_hw: tuple[int, int], *, reference: bool
+    ) -> torch.Tensor:
+        """Frame block 0 on patch tokens [B, S, h*w, C] -> [B, S, P, C], each frame with the special tokens of the
+        reference frame (`reference`: the window's frame 0) or of the other frames.
+
+        Per frame and exact like the encoder, so the reconstruction node caches it per keyframe (`forward(first_block=)`).
+        """
+        B, S = patch_tokens.shape[:2]
+        slot = 0 if reference else 1
+        specials = torch.cat([self.camera_token[:, slot], self.register_token[:, slot]], dim=1)  # [1, 1 + R, C]
+        tokens = torch.cat([specials.expand(B * S, -1, -1), patch_tokens.reshape(B * S, -1, specials.shape[-1])], dim=1)
+        pos = grid_positions(B * S, *grid_hw, self.patch_start_idx, device=patch_tokens.device)
+        return self.frame_blocks[0](tokens, pos=pos).view(B, S, *tokens.shape[1:])
+
     def forward(
         self,
         images: torch.Tensor,
         *,
         patch_tokens: torch.Tensor | None = None,
+        first_block: torch.Tensor | None = None,
         keep_layers: set[int] | None = None,
     ) -> tuple[list[torch.Tensor | None], int]:
         """Alternating attention.
 
         Args:
-            images: [B, S, 3, H, W] in [0, 1] (only the shape is read when `patch_tokens` is given).
+            images: [B, S, 3, H, W] in [0, 1] (only the shape is read when `patch_tokens` or `first_block` is given).
             patch_tokens: cached `encode(images)` output [B, S, h*w, C].
+            first_block: cached frame block 0 output [B, S, P, C] (`first_frame_block`: frame 0 as the reference,
+                the others not); replaces the encoder and frame block 0.
             keep_layers: layer outputs to keep (the ones heads read); None keeps all (debugging, parity).
 
         Returns:
@@ -210,20 +228,22 @@ class Aggregator(nn.Module):
         """
         B, S, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
-        if patch_tokens is None:
-            patch_tokens = self.encode(images)
-        patch_tokens = patch_tokens.reshape(B * S, h * w, -1)
-        C = patch_tokens.shape[-1]
-        tokens = torch.cat(
-            [_first_and_rest(self.camera_token, B, S), _first_and_rest(self.register_token, B, S), patch_tokens], dim=1
-        )
-        P = tokens.shape[1]
+        if first_block is None:
+            if patch_tokens is None:
+                patch_tokens = self.encode(images)
+            patch_tokens = patch_tokens.reshape(B * S, h * w, -1)
+            special = [_first_and_rest(self.camera_token, B, S), _first_and_rest(self.register_token, B, S)]
+            tokens = torch.cat([*special, patch_tokens], dim=1)
+        else:
+            tokens = first_block.reshape(B * S, *first_block.shape[2:])
+        P, C = tokens.shape[1:]
         pos = grid_positions(B * S, h, w, self.patch_start_idx, device=images.device)
         global_pos = pos.reshape(B, S * P, 2)
         layout = TokenLayout(num_frames=S, tokens_per_frame=P, num_special=self.patch_start_idx, grid_hw=(h, w))
         outputs: list[torch.Tensor | None] = []
         for i, (frame_block, global_block) in enumerate(zip(self.frame_blocks, self.global_blocks, strict=True)):
-            tokens = frame_block(tokens.view(B * S, P, C), pos=pos)
+            if i > 0 or first_block is None:
+                tokens = frame_block(tokens.view(B * S, P, C), pos=pos)
             frame_out = tokens.view(B, S, P, C)
             tokens = global_block(tokens.view(B, S * P, C), pos=global_pos, layout=layout)
             if keep_layers is None or i in keep_layers:
@@ -291,6 +311,7 @@ class VGGT(nn.Module):
         images: torch.Tensor,
         *,
         patch_tokens: torch.Tensor | None = None,
+        first_block: torch.Tensor | None = None,
         dense_frames: torch.Tensor | None = None,
         return_all_layers: bool = False,
         return_tokens: bool = False,
@@ -302,6 +323,7 @@ class VGGT(nn.Module):
         Args:
             images: [S, 3, H, W] or [B, S, 3, H, W] in [0, 1]; H, W multiples of the patch size.
             patch_tokens: cached encoder output for these frames (see `Aggregator.encode`).
+            first_block: cached frame block 0 output for these frames (see `Aggregator.first_frame_block`).
             dense_frames: frames whose depth/points are decoded (default all); the camera head always sees all.
             return_all_layers: keep every aggregator layer, returned as `aggregator_tokens` (debugging, parity).
             return_tokens: return the kept aggregator layers as `aggregator_tokens` (training auxiliaries).
@@ -329,7 +351,10 @@ class VGGT(nn.Module):
                     f"VGGT query_points: expected [N, 2] or [B={len(images)}, N, 2] pixels, got {tuple(query_points.shape)}"
                 )
         tokens, patch_start_idx = self.aggregator(
-            images, patch_tokens=patch_tokens, keep_layers=None if return_all_layers else self.head_layers
+            images,
+            patch_tokens=patch_tokens,
+            first_block=first_block,
+            keep_layers=None if return_all_layers else self.head_layers,
         )
         tokens = [t.float() if t is not None else None for t in tokens]
         image_hw = tuple(images.shape[-2:])

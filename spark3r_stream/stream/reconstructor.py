@@ -105,6 +105,8 @@ class WindowReconstructor:
         self.device = next(model.parameters()).device
         self.images: dict[int, torch.Tensor] = {}  # keyframe_id -> [3, H, W] float in [0, 1]
         self.encoded: OrderedDict[int, torch.Tensor] = OrderedDict()  # keyframe_id -> [h*w, C]
+        # keyframe_id -> (computed as the reference frame, frame block 0 output [P, C]) (VGGT: Aggregator.first_frame_block)
+        self.first_block: dict[int, tuple[bool, torch.Tensor]] = {}
         self.last_decoded: dict[int, int] = {}  # keyframe_id -> run counter when its depth was last decoded
         self.num_runs = 0
         self.stats = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}
@@ -153,7 +155,7 @@ class WindowReconstructor:
 
     def forget(self, keep: set[int]) -> None:
         """Drop stored images and cached encodings of keyframes outside `keep` (memory bounded by the window)."""
-        for store in (self.images, self.encoded, self.last_decoded):
+        for store in (self.images, self.encoded, self.first_block, self.last_decoded):
             for keyframe_id in [k for k in store if k not in keep]:
                 del store[keyframe_id]
 
@@ -170,6 +172,27 @@ class WindowReconstructor:
             for i, tokens in zip(missing, fresh, strict=True):
                 self.encoded[keyframe_ids[i]] = tokens
         return torch.stack([self.encoded[k] for k in keyframe_ids])[None]
+
+    def _first_block(self, keyframe_ids: tuple[int, ...], patch_tokens: torch.Tensor) -> torch.Tensor:
+        """Frame block 0 outputs [1, S, P, C] of the window, computed only for keyframes new to it or whose role (the
+        window's reference frame 0 or not) changed: the frame blocks are per frame, so this is exact like the encoder
+        cache, and it takes one of the VGGT aggregator's frame blocks off every re-run."""
+        height, width = self.images[keyframe_ids[0]].shape[1:]
+        patch = self.model.aggregator.patch_size
+        for reference in (True, False):
+            missing = [
+                i
+                for i, k in enumerate(keyframe_ids)
+                if (i == 0) == reference and self.first_block.get(k, (None,))[0] is not reference
+            ]
+            if missing:
+                with torch.inference_mode():
+                    fresh = self.model.aggregator.first_frame_block(
+                        patch_tokens[:, missing].to(self.device), (height // patch, width // patch), reference=reference
+                    )[0]
+                for i, tokens in zip(missing, fresh, strict=True):
+                    self.first_block[keyframe_ids[i]] = (reference, tokens)
+        return torch.stack([self.first_block[k][1] for k in keyframe_ids])[None]
 
     def dense_selection(self, keyframe_ids: tuple[int, ...]) -> list[int]:
         """Window positions to decode densely: never-decoded keyframes, then the `refresh_budget` stalest others."""
@@ -194,9 +217,15 @@ class WindowReconstructor:
             images = torch.stack([self.images[k] for k in keyframe_ids])
         else:  # with cached patch tokens the forward reads only the images' shape (Aggregator.forward): no 1,000-frame copy
             images = self.images[keyframe_ids[0]].expand(len(keyframe_ids), -1, -1, -1)
+        first_block = None if patch_tokens is None else self._first_block(keyframe_ids, patch_tokens)
         dense = self.dense_selection(keyframe_ids)
         prediction = predict(
-            self.model, images, dense_frames=torch.tensor(dense), patch_tokens=patch_tokens, cpu_bf16=self.cpu_bf16
+            self.model,
+            images,
+            dense_frames=torch.tensor(dense),
+            patch_tokens=None if first_block is not None else patch_tokens,
+            first_block=first_block,
+            cpu_bf16=self.cpu_bf16,
         )
         for i in dense:
             self.last_decoded[keyframe_ids[i]] = self.num_runs

@@ -42,6 +42,23 @@ def test_cached_rerun_equals_an_uncached_run(model):
     assert np.abs(grown.depth - reference.depth).max() < TOL
 
 
+def test_cached_first_frame_block_follows_the_reference_frame(model):
+    """A keyframe that becomes the window's frame 0 (a new window starting on an overlap keyframe) gets the
+    reference frame's special tokens: its cached frame block 0 output is recomputed, the run still equals an uncached one."""
+    cached = WindowReconstructor(model, ReconstructionConfig(refresh_budget=10))
+    images = keyframes(4)
+    for k, image in enumerate(images):
+        cached.add_keyframe(k, image)
+    cached.run(0, (0, 1, 2))
+    assert [cached.first_block[k][0] for k in (0, 1, 2)] == [True, False, False]
+    moved = cached.run(1, (1, 2, 3))
+    assert [cached.first_block[k][0] for k in (1, 2, 3)] == [True, False, False]
+    stacked = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in images[1:]])
+    reference = predict(model, stacked)
+    assert np.abs(moved.world_from_cam - reference.world_from_cam).max() < TOL
+    assert np.abs(moved.depth - reference.depth).max() < TOL
+
+
 def test_dense_heads_run_on_new_keyframes_plus_the_refresh_budget(model):
     reconstructor = WindowReconstructor(model, ReconstructionConfig(refresh_budget=1))
     for k, image in enumerate(keyframes(6)):
@@ -62,7 +79,7 @@ def test_memory_is_bounded_by_the_window(model):
         reconstructor.add_keyframe(k, image)
     reconstructor.run(0, (0, 1, 2, 3, 4))
     reconstructor.forget({3, 4})
-    assert set(reconstructor.images) == set(reconstructor.encoded) == {3, 4}
+    assert set(reconstructor.images) == set(reconstructor.encoded) == set(reconstructor.first_block) == {3, 4}
     with pytest.raises(KeyError, match=r"keyframes \[0\] were never received"):
         reconstructor.run(1, (0, 3))
 
