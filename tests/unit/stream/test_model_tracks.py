@@ -203,3 +203,19 @@ def test_yaml_on_and_off_read_as_the_modes_and_anything_else_is_refused():
         from_dict(ReconstructionConfig, {"tracks": "maybe"}, source="t.yaml")
     with pytest.raises(ConfigError, match="track_query.num_frames: expected int >= 2, got 1"):
         from_dict(ReconstructionConfig, {"track_query": {"num_frames": 1}}, source="t.yaml")
+
+
+def test_with_spark3r_the_result_keeps_the_window_runs_reduction_plan(tracking_model):
+    from spark3r_stream.spark3r import Spark3RConfig, accelerate, disable
+
+    accelerate(tracking_model, Spark3RConfig())
+    try:
+        reconstructor = WindowReconstructor(tracking_model, ReconstructionConfig(tracks="on", track_query=KEEP_ALL))
+        rng = np.random.default_rng(1)
+        for k in range(12):
+            reconstructor.add_keyframe(k, rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+        output = reconstructor.run(0, tuple(range(12)))
+    finally:
+        disable(tracking_model)
+    assert output.plan["num_frames"] == 12  # not the track call's 4 frames, which ran after it
+    assert set(output.track_keyframe_ids.tolist()) == {8, 9, 10, 11}
