@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark3r_stream.errors import InputError
+from spark3r_stream.errors import ConfigError, InputError
 from spark3r_stream.models import load_weights, model_from_official_config, predict
 from spark3r_stream.stream.reconstructor import ReconstructionConfig, WindowReconstructor
 from tests.conftest import fixture_path
@@ -113,3 +113,15 @@ def test_cpu_bf16_is_opt_in_and_needs_a_bf16_cpu(model, monkeypatch):
     assert runs[True].world_from_cam.dtype == np.float64 and runs[True].depth.dtype == np.float32
     assert not np.array_equal(runs[True].depth, runs[False].depth)  # the backbone did run in bf16
     assert np.abs(runs[True].depth - runs[False].depth).max() < BF16_DEPTH_TOL * np.abs(runs[False].depth).max()
+
+
+def test_from_config_keeps_freed_memory_for_reuse(monkeypatch):
+    import spark3r_stream.stream.reconstructor as reconstructor_module
+
+    kept = []
+    monkeypatch.setattr(reconstructor_module, "keep_freed_memory", lambda max_bytes: kept.append(max_bytes) or True)
+    WindowReconstructor.from_config(ReconstructionConfig(model="vggt-tiny", random_weights=True))
+    WindowReconstructor.from_config(ReconstructionConfig(model="vggt-tiny", random_weights=True, malloc_keep_mb=0))
+    assert kept == [1024 << 20]  # 0 leaves glibc's defaults
+    with pytest.raises(ConfigError, match="malloc_keep_mb: expected int in \\[0, 2047\\], got 4096"):
+        ReconstructionConfig(malloc_keep_mb=4096)
