@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,14 @@ def grid_positions(num_frames: int, h: int, w: int, num_special: int, device=Non
     if num_special > 0:
         patches = torch.cat([torch.zeros(num_special, 2, dtype=patches.dtype, device=device), patches + 1])
     return patches.unsqueeze(0).expand(num_frames, -1, -1)
+
+
+def _same_content(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """torch.equal; on the CPU through numpy, single-threaded: 0.5 ms instead of 12 ms for the 69,000 positions of a
+    1,000-frame window on 2 busy cores (torch.equal wakes its thread pool on every call)."""
+    if a.device.type == b.device.type == "cpu":
+        return np.array_equal(a.numpy(), b.numpy())
+    return torch.equal(a, b)
 
 
 class RotaryEmbedding2D(nn.Module):
@@ -59,7 +68,7 @@ class RotaryEmbedding2D(nn.Module):
         """
         key = (tuple(positions.shape), positions.device, dtype, head_dim, torch.is_inference_mode_enabled())
         hit = self._tables.get(key)
-        if hit is not None and torch.equal(hit[0], positions):  # content, not identity: a mutated tensor misses
+        if hit is not None and _same_content(hit[0], positions):  # content, not identity: a mutated tensor misses
             self._tables.move_to_end(key)
             return hit[1], hit[2]
         half_dim = head_dim // 2
