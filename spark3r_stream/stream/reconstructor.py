@@ -165,9 +165,10 @@ class WindowReconstructor:
             for keyframe_id in [k for k in store if k not in keep]:
                 del store[keyframe_id]
 
-    def _encode(self, keyframe_ids: tuple[int, ...]) -> torch.Tensor | None:
+    def _encode(self, keyframe_ids: tuple[int, ...]) -> bool:
+        """Encode the keyframes not in the cache yet; False where the cache is off or the model has no VGGT aggregator."""
         if not self.config.encoder_cache or not hasattr(self.model, "aggregator"):
-            return None
+            return False
         missing = [i for i, k in enumerate(keyframe_ids) if k not in self.encoded]
         self.stats["encoder_cache_hits"] += len(keyframe_ids) - len(missing)
         self.stats["encoder_cache_misses"] += len(missing)
@@ -177,9 +178,9 @@ class WindowReconstructor:
                 fresh = self.model.aggregator.encode(images[None].to(self.device))[0]
             for i, tokens in zip(missing, fresh, strict=True):
                 self.encoded[keyframe_ids[i]] = tokens
-        return torch.stack([self.encoded[k] for k in keyframe_ids])[None]
+        return True
 
-    def _first_block(self, keyframe_ids: tuple[int, ...], patch_tokens: torch.Tensor) -> torch.Tensor:
+    def _first_block(self, keyframe_ids: tuple[int, ...]) -> torch.Tensor:
         """Frame block 0 outputs [1, S, P, C] of the window, computed only for keyframes new to it or whose role (the
         window's reference frame 0 or not) changed: the frame blocks are per frame, so this is exact like the encoder
         cache, and it takes one of the VGGT aggregator's frame blocks off every re-run."""
@@ -193,8 +194,9 @@ class WindowReconstructor:
             ]
             if missing:
                 with torch.inference_mode():
+                    patch_tokens = torch.stack([self.encoded[keyframe_ids[i]] for i in missing])[None].to(self.device)
                     fresh = self.model.aggregator.first_frame_block(
-                        patch_tokens[:, missing].to(self.device), (height // patch, width // patch), reference=reference
+                        patch_tokens, (height // patch, width // patch), reference=reference
                     )[0]
                 for i, tokens in zip(missing, fresh, strict=True):
                     self.first_block[keyframe_ids[i]] = (reference, tokens)
@@ -217,19 +219,21 @@ class WindowReconstructor:
             raise KeyError(f"window {window_id}: keyframes {unknown[:5]} were never received")
         self.num_runs += 1
         start = time.perf_counter()
-        patch_tokens = self._encode(keyframe_ids)
-        encode_ms = (time.perf_counter() - start) * 1e3
-        if patch_tokens is None or self.sends_tracks:
+        cached = self._encode(keyframe_ids)
+        first_block = self._first_block(keyframe_ids) if cached else None
+        encode_ms = (time.perf_counter() - start) * 1e3  # the encoder and frame block 0 of the keyframes not cached
+        patch_tokens = (
+            torch.stack([self.encoded[k] for k in keyframe_ids])[None] if cached and self.sends_tracks else None
+        )
+        if not cached or self.sends_tracks:
             images = torch.stack([self.images[k] for k in keyframe_ids])
         else:  # with cached patch tokens the forward reads only the images' shape (Aggregator.forward): no 1,000-frame copy
             images = self.images[keyframe_ids[0]].expand(len(keyframe_ids), -1, -1, -1)
-        first_block = None if patch_tokens is None else self._first_block(keyframe_ids, patch_tokens)
         dense = self.dense_selection(keyframe_ids)
         prediction = predict(
             self.model,
             images,
             dense_frames=torch.tensor(dense),
-            patch_tokens=None if first_block is not None else patch_tokens,
             first_block=first_block,
             cpu_bf16=self.cpu_bf16,
         )
