@@ -407,7 +407,7 @@ def profile_window(args, argv: list[str]) -> int:
         for precision in dict.fromkeys(r["precision"] for r in rows)
     }
     split_rows = [
-        {"stage": "encoder (cache misses only)" if k == "encode_s" else k}
+        {"stage": "encoder + frame block 0 (keyframes not cached)" if k == "encode_s" else k}
         | {f"{p} (s)": median[p][k] for p in median}
         | {f"{p} share": f"{median[p][k] / median[p]['run_s']:.0%}" for p in median}
         for k in stages
