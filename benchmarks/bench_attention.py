@@ -131,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="Spark3R repeats (dense: 3, or 1 above 400 frames)")
     parser.add_argument("--name", default="bench_attention", help="result file stem")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny S, one repeat, no result files")
+    parser.add_argument(
+        "--malloc-keep-mb",
+        type=int,
+        default=1024,
+        help="freed memory glibc keeps for reuse, as the reconstruction node (reconstruction.malloc_keep_mb); 0 = "
+        "glibc's defaults",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = [12, 30], 1
@@ -141,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     from spark3r_stream.spark3r.merge import match_queries
     from spark3r_stream.spark3r.prune import project_kept_kv
     from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
+    from spark3r_stream.stream.reconstructor import keep_freed_memory
 
     torch.set_num_threads(args.threads)
+    keeps_memory = bool(args.malloc_keep_mb) and keep_freed_memory(args.malloc_keep_mb << 20)
     torch.manual_seed(0)
     load_start = os.getloadavg()[0]
     C, h = args.width, args.grid
@@ -246,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     markdown = (
         machine_load_note(load_start)
         + f"One `Attention` layer (width {C}, {args.heads} heads, q/k-norm, 2-D RoPE), {h}×{h} patches + 5 special "
-        f"tokens per frame, float32, batch 1, {args.threads} thread(s), paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
+        f"tokens per frame, float32, batch 1, {args.threads} thread(s)"
+        + (
+            f", glibc keeping up to {args.malloc_keep_mb} MB of freed memory (as the reconstruction node)"
+            if keeps_memory
+            else ""
+        )
+        + ", paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
         "FLOP ratio = dense FLOPs (qkv + attention + proj) ÷ Spark3R FLOPs (q on N, k/v on kept tokens, attention "
         "M×keys, proj on M); the query-matching FLOPs are overhead counted against Spark3R (measured separately "
         "in the second table). Dense: median of 3 (1 above 400 frames); Spark3R: median of "

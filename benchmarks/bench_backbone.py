@@ -20,6 +20,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks.bench_attention import header, machine_load_note, peak_rss_bytes, reset_peak_rss, table, write_results
+from spark3r_stream.stream.reconstructor import keep_freed_memory
 
 FIXTURES_OF = {"vggt": "vggt_tiny", "pi3": "pi3_tiny", "da3": "da3_tiny"}  # --model -> fixture folder
 
@@ -168,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autocast", choices=["none", "bf16"], default="none", help="caller-side CPU autocast")
     parser.add_argument("--name", help="result file stem (default bench_backbone, or bench_backbone_<model>)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny S, one repeat, no result files")
+    parser.add_argument(
+        "--malloc-keep-mb",
+        type=int,
+        default=1024,
+        help="freed memory glibc keeps for reuse, as the reconstruction "
+        "node (reconstruction.malloc_keep_mb); 0 = glibc's defaults",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = [4, 24], 1
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from spark3r_stream.spark3r import accelerate, disable
 
     torch.set_num_threads(args.threads)
+    keeps_memory = bool(args.malloc_keep_mb) and keep_freed_memory(args.malloc_keep_mb << 20)
     torch.manual_seed(0)
     load_start = os.getloadavg()[0]
     model = build_bench_model(args.model)
@@ -303,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         + describe(model, args.size)
         + ", float32"
         + (" under caller-side bf16 CPU autocast (heads stay float32)" if args.autocast == "bf16" else "")
-        + f", {args.threads} threads; paper factors (Eqs. 4–5, l = 3; sensitive global layers "
+        + f", {args.threads} threads"
+        + (
+            f", glibc keeping up to {args.malloc_keep_mb} MB of freed memory (as the reconstruction node)"
+            if keeps_memory
+            else ""
+        )
+        + "; paper factors (Eqs. 4–5, l = 3; sensitive global layers "
         f"{list(targets.sensitive_layers)} of {len(global_attention)}, the paper's mapped by relative depth).\n"
         f'"without heads" = the forward minus the dense heads\' ({heads}) time measured inside the same forward '
         "(hooks); it includes encoder, frame/global blocks and camera head; e2e includes the dense heads too. "
@@ -311,7 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         "attention-core FLOP fraction), from the same run's split. Dense and Spark3R runs are interleaved; "
         "dense median of 2 (1 above 400 frames), Spark3R median of "
         f"{args.repeats}; warm-up first. Peak memory = process high-water mark over the forward minus the RSS "
-        f"before it.\n\n## Speed (without {heads} unless marked e2e)\n\n"
+        "before it"
+        + (
+            " (the RSS before a forward already holds up to the kept freed memory of the previous one, so these "
+            "understate; `--malloc-keep-mb 0` for memory figures)"
+            if keeps_memory
+            else ""
+        )
+        + f".\n\n## Speed (without {heads} unless marked e2e)\n\n"
         + table(rows, speed)
         + "\n## Dense time split (s)\n\n"
         + table(rows, split)
