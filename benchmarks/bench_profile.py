@@ -318,7 +318,7 @@ def profile_ops(args, argv: list[str]) -> int:
 # --- the reconstruction node's window run -----------------------------------------------------------------------
 
 WINDOW_STAGES = {  # label -> module paths (each element of a ModuleList timed on its own)
-    "frame blocks": "aggregator.frame_blocks",
+    "frame blocks 1+ (block 0 is cached)": "aggregator.frame_blocks.1:",
     "global attention": "aggregator.global_blocks.*.attn",
     "global blocks rest (MLP, norms)": "aggregator.global_blocks",
     "camera head": "camera_head",
@@ -335,6 +335,8 @@ def _window_hooks(model, totals: dict[str, float]) -> None:
     for stage, path in WINDOW_STAGES.items():
         if path.endswith(".*.attn"):
             targets = [block.attn for block in model.get_submodule(path.split(".*")[0])]
+        elif path.endswith(".1:"):  # block 0 runs with the encoder, on the keyframes not cached (the encoder row)
+            targets = list(model.get_submodule(path[: -len(".1:")]))[1:]
         elif _has(model, path):
             module = model.get_submodule(path)
             targets = list(module) if isinstance(module, torch.nn.ModuleList) else [module]
