@@ -101,6 +101,7 @@ class KeyframeSelector:
         self._keyframe_seq: int | None = None
         self._keyframe_gray: np.ndarray | None = None
         self._keyframe_corners: np.ndarray | None = None  # [N, 1, 2] float32, OpenCV's layout for LK
+        self.last_was_blurry = False  # the last offered frame was rejected as blurry
 
     @property
     def num_keyframes(self) -> int:
@@ -118,7 +119,7 @@ class KeyframeSelector:
         cfg = self.config
         gray = _small_gray(image, cfg.flow_width)
         sharpness = float(cv2.Laplacian(gray, cv2.CV_64F).var())
-        is_blurry = self._is_blurry(sharpness)
+        is_blurry = self.last_was_blurry = self._is_blurry(sharpness)
         self._sharpness_history.append(sharpness)
         if is_blurry:
             self.counts["blurry"] += 1

@@ -37,6 +37,23 @@ def test_tracks_keep_their_ids_and_follow_a_known_shift():
     assert second.track_ids.max() >= first.track_ids.max()  # top-up ids are new, never reused
 
 
+def test_tracks_follow_the_frames_between_keyframes():
+    """A 60 px motion between two keyframes, in 4 px steps: followed frame by frame, the tracks arrive; LK straight
+    from one keyframe to the next (a 21 px window, as many pyramid levels as the default) loses most of them."""
+    image = textured()
+    followed, direct = KeyframeTracker(), KeyframeTracker()
+    first, first_direct = followed.add(image), direct.add(image)
+    for step in range(1, 15):
+        followed.follow(shifted(image, 4.0 * step, 0.0))
+    last = followed.add(shifted(image, 60.0, 0.0))
+    last_direct = direct.add(shifted(image, 60.0, 0.0))
+    common, i, j = np.intersect1d(first.track_ids, last.track_ids, return_indices=True)
+    assert len(common) > 0.6 * len(first.track_ids)
+    interior = (first.uv[i, 0] > 20) & (first.uv[i, 0] < 240) & (first.uv[i, 1] > 20) & (first.uv[i, 1] < 220)
+    np.testing.assert_allclose(np.median(last.uv[j][interior] - first.uv[i][interior], axis=0), [60.0, 0.0], atol=0.2)
+    assert len(np.intersect1d(first_direct.track_ids, last_direct.track_ids)) < len(common)
+
+
 def test_forward_backward_check_drops_tracks_into_an_unrelated_image():
     tracker = KeyframeTracker()
     first = tracker.add(textured(seed=0))
