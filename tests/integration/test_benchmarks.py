@@ -48,7 +48,13 @@ def test_bench_profile_window_quick_splits_the_window_run(capsys):
     before = sorted(RESULTS.iterdir())
     assert bench_profile.main(["--window", "--quick", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    for stage in ("frame blocks 1+ (block 0 is cached)", "global attention", "camera head", "depth head", "**window run (wall)**"):
+    for stage in (
+        "frame blocks 1+ (block 0 is cached)",
+        "global attention",
+        "camera head",
+        "depth head",
+        "**window run (wall)**",
+    ):
         assert f"| {stage} |" in out
     assert sorted(RESULTS.iterdir()) == before  # --quick writes no result files
 
