@@ -138,7 +138,7 @@ def refine_window(
         between = gtsam.Pose3(np.linalg.inv(poses[k]) @ poses[k + 1])
         graph.add(gtsam.BetweenFactorPose3(X(k), X(k + 1), between, relative))
     index = {int(t): j for j, t in enumerate(track_ids)}
-    num_observations = 0
+    observed: list[tuple[int, int, np.ndarray]] = []  # (keyframe, point, pixel) of every reprojection factor
     for j, t in enumerate(track_ids):
         point, _, k, distance = initial[int(t)]
         values.insert(L(j), gtsam.Point3(point))
@@ -154,8 +154,10 @@ def refine_window(
                         uv.astype(np.float64), pixel, X(k), L(index[int(t)]), calibration
                     )
                 )
-                num_observations += 1
-    before = _median_reprojection_px(graph, values, gtsam)
+                observed.append((k, index[int(t)], uv))
+    num_observations = len(observed)
+    errors = _Reprojection(intrinsics, observed)
+    before = errors.median(start, np.stack([initial[int(t)][0] for t in track_ids]))
     if before <= cfg.keep_below_px:
         return _kept(keep, f"already consistent ({before:.2f} px)", num_observations, before, before)
     try:
@@ -164,11 +166,11 @@ def refine_window(
         result = gtsam.LevenbergMarquardtOptimizer(graph, values, params).optimize()
     except RuntimeError as exc:  # an indeterminate system, a cheirality failure: keep the network's poses
         return _kept(keep, f"optimiser failed: {exc}", num_observations, before)
-    after = _median_reprojection_px(graph, result, gtsam)
-    if not np.isfinite(after) or after > before:
-        return _kept(keep, f"no improvement ({before:.2f} -> {after:.2f} px)", num_observations, before, after)
     refined = np.stack([result.atPose3(X(k)).matrix() for k in range(K)])
     points = np.stack([result.atPoint3(L(j)) for j in range(len(track_ids))])
+    after = errors.median(refined, points)
+    if not np.isfinite(after) or after > before:
+        return _kept(keep, f"no improvement ({before:.2f} -> {after:.2f} px)", num_observations, before, after)
     return Refinement(refined, track_ids, points, num_observations, before, after, True, "ok")
 
 
@@ -198,18 +200,27 @@ def _calibration(k: np.ndarray) -> tuple[float, float, float, float, float]:
     return float(k[0, 0]), float(k[1, 1]), float(k[0, 1]), float(k[0, 2]), float(k[1, 2])
 
 
-def _median_reprojection_px(graph, values, gtsam) -> float:
-    """Median pixel error over the reprojection factors (the robust kernel's input, unweighted)."""
-    errors = []
-    for i in range(graph.size()):
-        factor = graph.at(i)
-        if isinstance(factor, gtsam.GenericProjectionFactorCal3_S2):
-            try:
-                camera = gtsam.PinholeCameraCal3_S2(values.atPose3(factor.keys()[0]), factor.calibration())
-                errors.append(np.linalg.norm(camera.project(values.atPoint3(factor.keys()[1])) - factor.measured()))
-            except RuntimeError:  # behind the camera
-                errors.append(np.inf)
-    return float(np.median(errors)) if errors else float("nan")
+class _Reprojection:
+    """Pixel errors of the reprojection factors for given poses and points, unweighted (the robust kernel's input);
+    numpy over all observations at once, as one gtsam camera per factor took as long as the optimisation."""
+
+    def __init__(self, intrinsics: np.ndarray, observed: Sequence[tuple[int, int, np.ndarray]]) -> None:
+        self.keyframe = np.array([k for k, _, _ in observed], dtype=np.int64)
+        self.point = np.array([j for _, j, _ in observed], dtype=np.int64)
+        self.pixel = np.array([uv for _, _, uv in observed], dtype=np.float64).reshape(-1, 2)
+        self.intrinsics = np.asarray(intrinsics, np.float64)
+
+    def median(self, world_from_cam: np.ndarray, points: np.ndarray) -> float:
+        """Median error (px); a point behind its camera counts as infinitely far off."""
+        if not len(self.keyframe):
+            return float("nan")
+        cam_from_world = np.linalg.inv(world_from_cam)[self.keyframe]
+        in_cam = np.einsum("nij,nj->ni", cam_from_world[:, :3, :3], points[self.point]) + cam_from_world[:, :3, 3]
+        projected = np.einsum("nij,nj->ni", self.intrinsics[self.keyframe], in_cam)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            errors = np.linalg.norm(projected[:, :2] / projected[:, 2:] - self.pixel, axis=1)
+        errors[~(in_cam[:, 2] > 0)] = np.inf
+        return float(np.median(errors))
 
 
 def _kept(

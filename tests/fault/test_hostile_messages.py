@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import tracemalloc
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -165,14 +166,24 @@ def serve_until(loop: NodeLoop, done) -> None:
     raise AssertionError(f"condition not met after {MAX_POLLS} polls; counters {dict(loop.counters)}")
 
 
-def test_forged_end_of_stream_is_dropped_and_does_not_close_the_input(ctx, ipc_dir, caplog):
-    endpoint = make_endpoint("frames", "in", run_dir=ipc_dir, upstream_nodes=["capture"])
+@contextmanager
+def frames_node(ctx, ipc_dir, upstream_nodes=None):
+    """A keyframes-named node loop serving Frames (their seqs go to `served`) and a PUSH socket into its input."""
+    endpoint = make_endpoint("frames", "in", run_dir=ipc_dir, upstream_nodes=upstream_nodes)
     served: list[int] = []
     loop = NodeLoop("keyframes", [endpoint], context=ctx, handle_signals=False)
     loop.on(Frame, lambda f: served.append(f.frame_seq))
     with loop:
         push = ctx.socket(zmq.PUSH)
         push.connect(endpoint.address)
+        try:
+            yield loop, push, served
+        finally:
+            push.close(linger=0)
+
+
+def test_forged_end_of_stream_is_dropped_and_does_not_close_the_input(ctx, ipc_dir, caplog):
+    with frames_node(ctx, ipc_dir, ["capture"]) as (loop, push, served):
         push.send_multipart(wire(EndOfStream(node="mallory", num_sent=0), 0, node="mallory"))
         push.send_multipart(wire(Heartbeat(node="mallory", counters={"x": 1.0}), 1, node="mallory"))
         for seq in range(10):
@@ -181,7 +192,6 @@ def test_forged_end_of_stream_is_dropped_and_does_not_close_the_input(ctx, ipc_d
         assert not loop.is_finished
         push.send_multipart(wire(EndOfStream(node="capture", num_sent=10), 10))
         serve_until(loop, lambda: loop.is_finished)
-        push.close(linger=0)
     assert served == list(range(10))  # 10 of 10 valid frames after the forgery
     assert loop.counters["dropped.unknown_sender"] == 2 and "mallory" not in loop.peers
     report = loop.report()["inputs"]["frames"]
@@ -190,18 +200,11 @@ def test_forged_end_of_stream_is_dropped_and_does_not_close_the_input(ctx, ipc_d
 
 
 def test_data_from_an_unknown_sender_is_dropped_and_counted(ctx, ipc_dir, caplog):
-    endpoint = make_endpoint("frames", "in", run_dir=ipc_dir, upstream_nodes=["capture"])
-    served: list[int] = []
-    loop = NodeLoop("keyframes", [endpoint], context=ctx, handle_signals=False)
-    loop.on(Frame, lambda f: served.append(f.frame_seq))
-    with loop:
-        push = ctx.socket(zmq.PUSH)
-        push.connect(endpoint.address)
+    with frames_node(ctx, ipc_dir, ["capture"]) as (loop, push, served):
         push.send_multipart(wire(frame(0), 2**62, node="mallory"))  # a huge seq would be a huge "gap"
         push.send_multipart(wire(frame(1), 1, node=""))  # an unnamed client is not an upstream either
         push.send_multipart(wire(frame(2), 0))
         serve_until(loop, lambda: len(served) == 1)
-        push.close(linger=0)
     assert served == [2]  # the next good message is served
     assert loop.counters["dropped.unknown_sender"] == 2 and loop.counters["recv.frame"] == 1
     assert loop.counters["from_unknown.frames"] == 0 and loop.counters["gaps.frames"] == 0
@@ -210,17 +213,10 @@ def test_data_from_an_unknown_sender_is_dropped_and_counted(ctx, ipc_dir, caplog
 
 
 def test_without_upstream_names_data_from_any_sender_is_served(ctx, ipc_dir):
-    endpoint = make_endpoint("frames", "in", run_dir=ipc_dir)  # library use: no configured upstreams
-    served: list[int] = []
-    loop = NodeLoop("keyframes", [endpoint], context=ctx, handle_signals=False)
-    loop.on(Frame, lambda f: served.append(f.frame_seq))
-    with loop:
-        push = ctx.socket(zmq.PUSH)
-        push.connect(endpoint.address)
+    with frames_node(ctx, ipc_dir) as (loop, push, served):  # library use: no configured upstreams
         push.send_multipart(wire(frame(0), 0, node="mallory"))
         push.send_multipart(wire(frame(1), 0))
         serve_until(loop, lambda: len(served) == 2)
-        push.close(linger=0)
     assert loop.counters["dropped.unknown_sender"] == 0
     assert set(loop.report()["inputs"]["frames"]["upstreams"]) == {"capture", "mallory"}
 
