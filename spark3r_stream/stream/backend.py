@@ -11,6 +11,7 @@ Each step falls back to what the map had when it fails, and says so in the repor
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ class BackEnd:
         self.loop_candidates: list[dict[str, Any]] = []
         self.graph_runs: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
+        self.step_s: dict[str, float] = {}  # step name -> seconds spent in it over all windows
+        self.num_windows = 0
 
     def on_keyframe(self, keyframe: Keyframe) -> None:
         if self.config.refine and keyframe.track_ids is not None:
@@ -104,7 +107,9 @@ class BackEnd:
         if self.config.loop_closure:
             steps.append(("pose_graph", lambda: self.pose_graph.add_window(_nodes(gmap, result.keyframe_ids))))
             steps.append(("loop_closure", lambda: self._close_loops(gmap, result, step.new_keyframe_ids)))
+        self.num_windows += 1
         for name, run in steps:
+            started = time.perf_counter()
             try:
                 run()
             except Exception as exc:  # noqa: BLE001 - a back-end failure must not stop fusion (issue 14)
@@ -112,10 +117,15 @@ class BackEnd:
                 self.failures.append(
                     {"window_id": result.window_id, "step": name, "error": f"{type(exc).__name__}: {exc}"}
                 )
+            self.step_s[name] = self.step_s.get(name, 0.0) + time.perf_counter() - started
 
     def summary(self) -> dict[str, Any]:
         """The report's `backend` section."""
-        summary: dict[str, Any] = {"failures": self.failures}
+        per_window = {name: round(1000 * t / max(self.num_windows, 1), 2) for name, t in self.step_s.items()}
+        summary: dict[str, Any] = {
+            "failures": self.failures,
+            "ms_per_window": per_window | {"total": round(sum(per_window.values()), 2)},
+        }
         if self.config.refine:
             applied = sum(r["applied"] for r in self.refinements)
             summary.update(refinements=len(self.refinements), applied=applied, runs=self.refinements)
