@@ -456,7 +456,11 @@ def profile_window(args, argv: list[str]) -> int:
                 ],
                 [("what", "")] + list(CHANGE_COLUMNS.items()),
             )
-            + f"\nEvery bf16 change is {'within' if within else 'NOT within'} the fidelity table's Spark3R change.\n"
+            + (
+                "\nEvery bf16 change is within the fidelity table's Spark3R change.\n"
+                if within
+                else "\nNot every bf16 change is within the fidelity table's Spark3R change: float32 stays the default.\n"
+            )
         )
     else:
         markdown += "\nThis CPU has neither avx512_bf16 nor AMX: the bf16 path was not measured.\n"
