@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spark3r_stream.config import check_field
+from spark3r_stream.geometry import invert_se3
 from spark3r_stream.stream.tracks import TrackObservations
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,8 @@ def refine_window(
     seen = _tracks_seen(observations, cfg.min_views)
     initial = _initial_points(start, intrinsics, observations, point_depths, seen)
     track_ids = np.array(sorted(initial), dtype=np.int64)
-    keep = Refinement(
-        poses, track_ids, np.array([initial[t][0] for t in track_ids]).reshape(-1, 3), 0, np.nan, np.nan, False, ""
-    )
+    initial_points = np.array([initial[t][0] for t in track_ids]).reshape(-1, 3)
+    keep = Refinement(poses, track_ids, initial_points, 0, np.nan, np.nan, False, "")
     if len(track_ids) < 8 or K < 2:
         return _kept(keep, f"too few tracks seen by {cfg.min_views}+ keyframes ({len(track_ids)})")
 
@@ -157,7 +157,7 @@ def refine_window(
                 observed.append((k, index[int(t)], uv))
     num_observations = len(observed)
     errors = _Reprojection(intrinsics, observed)
-    before = errors.median(start, np.stack([initial[int(t)][0] for t in track_ids]))
+    before = errors.median(start, initial_points)
     if before <= cfg.keep_below_px:
         return _kept(keep, f"already consistent ({before:.2f} px)", num_observations, before, before)
     try:
@@ -214,7 +214,7 @@ class _Reprojection:
         """Median error (px); a point behind its camera counts as infinitely far off."""
         if not len(self.keyframe):
             return float("nan")
-        cam_from_world = np.linalg.inv(world_from_cam)[self.keyframe]
+        cam_from_world = invert_se3(world_from_cam)[self.keyframe]
         in_cam = np.einsum("nij,nj->ni", cam_from_world[:, :3, :3], points[self.point]) + cam_from_world[:, :3, 3]
         projected = np.einsum("nij,nj->ni", self.intrinsics[self.keyframe], in_cam)
         with np.errstate(divide="ignore", invalid="ignore"):
