@@ -2,7 +2,7 @@
 
 Recipe (research/tiny_model_training.md, study 2, plus a curriculum): visible-motion clips, high-contrast textures,
 camera + confidence-weighted depth + dense world-point losses and a per-patch correspondence auxiliary; AdamW,
-warm-up, constant peak lr, cosine decay over the last part; bf16 autocast on the CPU; gradient clip 5.
+warm-up, constant peak lr, cosine decay at the end of each part of the run; bf16 autocast on the CPU; gradient clip 5.
 """
 
 from __future__ import annotations
@@ -82,11 +82,13 @@ class TrainConfig:
     tie_global_qk: bool = True
     # the matching auxiliary (train/losses.py): MatchingHead ("matching") or CorrespondenceHead ("regression")
     correspondence_head: Literal["matching", "regression"] = "matching"
-    total_steps: int = 9_000
+    total_steps: int = 11_500
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95: moments follow a change of the loss set within ~20 steps
     warmup_steps: int = 100
-    decay_fraction: float = 0.25  # cosine decay over the last quarter; constant peak before
+    # cosine decay to 5 % of the stage's peak inside each (start, end) window; constant peak outside (the run was
+    # extended in parts: each part ends decayed, so that its last checkpoint is a candidate to ship)
+    decay_windows: tuple[tuple[int, int], ...] = ((6_750, 9_000), (10_000, 11_500))
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
     depth_weight: float = 1.0
@@ -123,6 +125,17 @@ class TrainConfig:
             lr=3e-4,
             correspondence_weight=2.0,
         ),
+        # The demo's windows hold 16-64 keyframes: 16-frame clips (gap 1 in the 24-frame pool scenes, 30-100 deg).
+        Stage(
+            start_step=9_000,
+            clip_len=16,
+            num_clips=3,
+            gaps=(1, 1),
+            turn_deg=(2.0, 6.0),
+            paths=POSE_PATHS,
+            lr=3e-4,
+            correspondence_weight=2.0,
+        ),
     )
     pool_size: int = 128
     pool_frames: int = 24
@@ -135,7 +148,6 @@ class TrainConfig:
     dense_fraction: float = 0.5
     num_threads: int = 2
     out_dir: str = "checkpoints/vggt-tiny"
-    schedule_total_steps: int | None = None  # lr schedule length if different from total_steps (run in parts)
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {"vggt-tiny": TrainConfig()}
@@ -147,16 +159,17 @@ def stage_at(cfg: TrainConfig, step: int) -> Stage:
 
 def learning_rate(cfg: TrainConfig, step: int, warm_from: int = 0) -> float:
     """The stage's peak lr, warmed up again at each stage start (and after a resume with a fresh optimizer, from
-    `warm_from`), cosine decay over the last `decay_fraction` of the schedule."""
+    `warm_from`), cosine decay inside the `decay_windows`, held at the decayed floor after a window until the next
+    stage."""
     stage = stage_at(cfg, step)
     since = step - max(stage.start_step, warm_from)
     if since < cfg.warmup_steps:
         return stage.lr * (since + 1) / cfg.warmup_steps
-    total = cfg.schedule_total_steps or cfg.total_steps
-    decay_start = int(total * (1 - cfg.decay_fraction))
-    if step < decay_start:
+    started = [(start, end) for start, end in cfg.decay_windows if start <= step and end > stage.start_step]
+    if not started:
         return stage.lr
-    progress = min((step - decay_start) / max(total - decay_start, 1), 1.0)
+    start, end = started[-1]
+    progress = min((step - start) / max(end - start, 1), 1.0)
     return stage.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

@@ -92,12 +92,13 @@ def test_schedule_warms_up_at_every_stage_holds_and_decays():
         Stage(start_step=0, clip_len=2, num_clips=1, lr=1e-3),
         Stage(start_step=400, clip_len=2, num_clips=1, lr=3e-4),
     )
-    cfg = TrainConfig(total_steps=1000, warmup_steps=100, decay_fraction=0.25, curriculum=stages)
+    cfg = TrainConfig(total_steps=1000, warmup_steps=100, decay_windows=((750, 1000),), curriculum=stages)
     assert learning_rate(cfg, 0) == pytest.approx(1e-5)
     assert learning_rate(cfg, 300) == 1e-3
     assert learning_rate(cfg, 400) == pytest.approx(3e-6)  # a new stage re-warms to its own peak
     assert learning_rate(cfg, 600) == 3e-4
     assert learning_rate(cfg, 1000) == pytest.approx(0.05 * 3e-4)
+    assert learning_rate(cfg, 875) == pytest.approx(3e-4 * (0.05 + 0.95 * 0.5))  # half way through the window
     assert learning_rate(cfg, 610, warm_from=600) == pytest.approx(3.3e-5)  # re-warm-up after a resume
     preset = TRAIN_PRESETS["vggt-tiny"]
     assert [stage_at(preset, s.start_step) for s in preset.curriculum] == list(preset.curriculum)
