@@ -63,7 +63,9 @@ plus the seqs above it, and a refilled hole no longer counts in `gaps.<edge>`). 
 starts a new accounting (`upstream_restarts.<edge>`). A receiver that was itself restarted (`is_restart`) without
 persisted state counts each lossless upstream from the first seq it sees; one that persists its state saves
 `export_input_state()` with it and restores it with `import_input_state()`, so a replay is deduplicated against
-what the state already holds; `on_input_end(handler)` runs before an ended input is closed (the sender is released
+what the state already holds. An end-of-stream can overtake the replay (a respawned receiver first gets what the
+sender queued while it was down): with seqs still missing before it, the input waits up to `eos_replay_wait_s` for
+them before it ends and counts them lost. `on_input_end(handler)` runs before an ended input is closed (the sender is released
 then), the moment to make that state durable.
 
 A sender whose stream has ended waits for its receivers to disconnect (see "Closing a lossless output"); it cannot
@@ -98,6 +100,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64  # messages taken from one socket per poll, so other sockets and signals are served too
 MAX_UPSTREAMS = 64  # sender names tracked per input when the endpoint does not list them (memory bound)
 WARN_SUMMARY_S = 10.0  # repeated drops: first one logged as a warning, then a summary at most this often
+EOS_REPLAY_WAIT_S = 30.0  # how long an end-of-stream waits for the replay of messages it overtook
 REPLAY_MAX_MESSAGES = 10_000  # per lossless output: sent messages kept to replay to a restarted receiver
 REPLAY_MAX_BYTES = 64 << 20  # and their bytes (sent arrays are held, not copied): a few window results at 518 px
 MAX_AHEAD = 100_000  # seqs seen above a hole that never fills, per upstream, before the hole is given up as lost
@@ -121,6 +124,9 @@ class _Upstream:
     eos_seq: int | None = None
     received_before: int = 0  # data messages of earlier epochs (the sender was restarted)
     restarts: int = 0
+    # an end-of-stream that overtook messages still to be replayed (see _end_or_await_replay), and since when
+    pending_eos: EndOfStream | None = None
+    pending_since: float = 0.0
 
 
 @dataclass
@@ -188,12 +194,14 @@ class NodeLoop:
         replay_max_bytes: int = REPLAY_MAX_BYTES,
         is_restart: bool = False,
         reconnect_grace_s: float = 0.0,
+        eos_replay_wait_s: float = EOS_REPLAY_WAIT_S,
     ) -> None:
         self.name = name
         self.replay_max_messages = replay_max_messages
         self.replay_max_bytes = replay_max_bytes
         self.is_restart = is_restart  # respawned: lossless inputs are counted from the first seq seen
         self.reconnect_grace_s = reconnect_grace_s
+        self.eos_replay_wait_s = eos_replay_wait_s
         self._receiver_respawning = False  # SIGUSR1: a receiver will come back, keep its replay
         self.epoch = time.time_ns() // 1000  # this incarnation, in every header
         self._reconnect_providers: dict[str, Callable[[], Any]] = {}
@@ -702,9 +710,7 @@ class NodeLoop:
             if msg.node in self.peers or len(self.peers) < MAX_UPSTREAMS:
                 self.peers[msg.node] = {"t_received": time.time(), "counters": dict(msg.counters)}
         elif isinstance(msg, EndOfStream):
-            self._upstream_ended(inp, src, up, msg)
-            if inp.ended:
-                self._close_input(inp)
+            self._end_or_await_replay(inp, src, up, msg, header)
         else:
             up.received += 1
         handler = self._handlers.get(topic)
@@ -713,6 +719,35 @@ class NodeLoop:
                 self.counters[f"ignored.{topic}"] += 1
         else:
             self._send_result(handler(msg))
+        if up.pending_eos is not None and up.below > up.eos_seq:  # the replay filled the last hole
+            log.info("%s: the replay from %r on %r is complete", self.name, src, inp.endpoint.edge)
+            self._end_upstream(inp, src, up, up.pending_eos)
+
+    def _end_or_await_replay(
+        self, inp: _Input, src: str, up: _Upstream, eos: EndOfStream, header: dict[str, Any]
+    ) -> None:
+        """End `src`'s stream, unless messages before its end-of-stream are still missing on a lossless edge.
+
+        A receiver respawned after a kill gets what its sender queued while it was down first (ZeroMQ keeps a
+        connecting socket's pipe), end-of-stream included, and only then the sender's replay of what died in flight.
+        Ending at once would count those as lost and close the input before they arrive: wait for the holes to fill
+        (or `eos_replay_wait_s`, then they are lost)."""
+        holes = inp.endpoint.kind == "lossless" and "epoch" in header and up.below <= header["seq"]
+        if not holes:
+            self._end_upstream(inp, src, up, eos)
+            return
+        up.pending_eos, up.pending_since = eos, time.monotonic()
+        self.counters[f"eos_awaiting_replay.{inp.endpoint.edge}"] += 1
+        log.info(
+            "%s: %r ended %r with seqs from %d missing; waiting up to %.0f s for its replay",
+            self.name, src, inp.endpoint.edge, up.below, self.eos_replay_wait_s,
+        )  # fmt: skip
+
+    def _end_upstream(self, inp: _Input, src: str, up: _Upstream, eos: EndOfStream) -> None:
+        up.pending_eos = None
+        self._upstream_ended(inp, src, up, eos)
+        if inp.ended:
+            self._close_input(inp)
 
     def _send_result(self, result: Any) -> None:
         if result is None or isinstance(result, bool) or type(result).__name__ == "MessageTracker":
@@ -764,6 +799,7 @@ class NodeLoop:
                 up.restarts += 1
                 inp.ended_by.discard(header["node"])
                 up.below, up.ahead, up.num_seen, up.joined_at, up.eos_seq = 0, set(), 0, None, None
+                up.pending_eos = None  # the old incarnation's replay will not come
                 up.last_seq = -1
             elif self.is_restart and up.num_seen == 0 and seq > 0:  # what came before went to the last incarnation
                 up.below, up.joined_at, up.last_seq = seq, seq, seq - 1
@@ -908,6 +944,13 @@ class NodeLoop:
     # ------------------------------------------------------------------ periodic work and reporting
     def _tick(self) -> None:
         now = time.monotonic()
+        for inp in self._inputs.values():
+            for src, up in inp.upstreams.items():
+                if up.pending_eos is not None and now - up.pending_since > self.eos_replay_wait_s:
+                    log.warning("%s: no replay from %r on %r; ending it", self.name, src, inp.endpoint.edge)
+                    self._end_upstream(inp, src, up, up.pending_eos)
+                    if all(i.ended for i in self._inputs.values()) and not self._finished:
+                        self._finish()
         for out in self._outputs.values():
             if out.monitor is not None:
                 self._read_monitor(out)  # keeps the peer count current (and the monitor queue short)

@@ -110,6 +110,46 @@ def test_replay_after_newer_messages_fills_the_hole_and_loses_nothing(ctx, ipc_d
     assert loop.counters["gaps.frame_records"] == 0 and loop.counters["lost.frame_records"] == 0
 
 
+def serve_raw(loop: NodeLoop, push: zmq.Socket, sent: list, polls: int = MAX_POLLS) -> None:
+    """Send (message, seq) pairs as sender 'keyframes' of epoch 7 and poll `loop` until it finishes (or `polls`)."""
+    for msg, seq in sent:
+        push.send_multipart(encode(msg, seq, node="keyframes", epoch=7))
+    for _ in range(polls):
+        if loop.is_finished:
+            return
+        loop.poll_once(20)
+
+
+def test_end_of_stream_ahead_of_the_replay_waits_for_it(ctx, ipc_dir):
+    """A respawned receiver gets what its sender queued while it was down (end-of-stream included) before the replay
+    of what died in flight: the end waits for the holes to fill instead of counting them lost."""
+    got: list[int] = []
+    loop = receiver(ctx, ipc_dir, got)
+    push = ctx.socket(zmq.PUSH)
+    with loop:
+        push.connect(loop.endpoints[0].address)
+        eos = EndOfStream(node="keyframes", num_sent=5)
+        serve_raw(loop, push, [(record(0), 0), (record(1), 1), (record(4), 4), (eos, 5)], polls=20)
+        assert not loop.is_finished and loop.counters["eos_awaiting_replay.frame_records"] == 1
+        serve_raw(loop, push, [(record(i), i) for i in range(5)] + [(eos, 5)])  # the whole buffer again
+    push.close(linger=0)
+    assert loop.is_finished and got == [0, 1, 4, 2, 3]
+    assert loop.counters["lost.frame_records"] == 0  # complete once 3 filled the last hole: the input closed then
+    assert loop.counters["dropped.duplicate"] == 2
+
+
+def test_end_of_stream_whose_replay_never_comes_counts_the_loss(ctx, ipc_dir):
+    got: list[int] = []
+    loop = receiver(ctx, ipc_dir, got, eos_replay_wait_s=0.2)
+    push = ctx.socket(zmq.PUSH)
+    with loop:
+        push.connect(loop.endpoints[0].address)
+        serve_raw(loop, push, [(record(0), 0), (EndOfStream(node="keyframes", num_sent=2), 2)])
+    push.close(linger=0)
+    assert loop.is_finished and got == [0]
+    assert loop.counters["lost.frame_records"] == 1
+
+
 def test_restarted_sender_starts_a_new_sequence(ctx, ipc_dir):
     got: list[int] = []
     loop = receiver(ctx, ipc_dir, got)

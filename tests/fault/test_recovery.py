@@ -48,10 +48,7 @@ def finish(run: LauncherProcess) -> int:
 
 
 def start(out: Path, *settings: str) -> LauncherProcess:
-    # 112 px, the timing these tests were built on: with the demo's 224 px source, fusion killed and respawned lost
-    # 18 of 48 frame records in 1 of 2 runs (a race in fusion's recovery that the slower frames expose; open, issue 15)
     args = ["demo", "--out", str(out), "--set", f"capture.frames={FRAMES}", "--set", RANDOM]
-    args += ["--set", "capture.height=112", "--set", "capture.width=112"]
     for setting in settings:
         args += ["--set", setting]
     return LauncherProcess(*args)
@@ -79,10 +76,19 @@ def check_every_frame_posed(out: Path, report: dict) -> dict:
     return acc
 
 
-@pytest.mark.parametrize("node", ["reconstruction", "fusion"])
-def test_killed_node_is_respawned_and_every_frame_is_posed(tmp_path, node):
+# fusion down while the stream ends: its senders queue the rest, end-of-stream included, and that reaches the
+# respawned fusion before the replay of what died in flight (paced capture, 10.7 s; respawn after 15 s)
+STREAM_ENDS_WHILE_DOWN = ("capture.rate=0.15", "fusion.restart_delay_s=15")
+
+
+@pytest.mark.parametrize(
+    ("node", "settings"),
+    [("reconstruction", ()), ("fusion", ()), ("fusion", STREAM_ENDS_WHILE_DOWN)],
+    ids=["reconstruction", "fusion", "fusion-down-at-end"],
+)
+def test_killed_node_is_respawned_and_every_frame_is_posed(tmp_path, node, settings):
     out = tmp_path / "out"
-    run = start(out, f"{node}.respawn=on-failure", f"{node}.restart_delay_s=0")
+    run = start(out, f"{node}.respawn=on-failure", f"{node}.restart_delay_s=0", *settings)
     try:
         kill_mid_run(run, node)
         run.wait_for(f"[{node}] launcher: respawn 1/3")
@@ -104,6 +110,8 @@ def test_killed_node_is_respawned_and_every_frame_is_posed(tmp_path, node):
         assert refined == [row["window_id"] for row in report["windows"]["runs"]], refined
     else:  # the keyframes node sent the current windows again
         assert report["pipeline"]["accounting"]["keyframes_resent"] >= 1
+    if settings:  # the end-of-stream overtook the replay, and waited for it (node_loop._end_or_await_replay)
+        assert "ended 'frame_records' with seqs from" in (out / "logs" / "fusion.log").read_text()
 
 
 @pytest.mark.parametrize("node", ["reconstruction", "fusion"])
