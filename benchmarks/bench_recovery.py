@@ -34,6 +34,13 @@ SCENARIOS: list[dict[str, Any]] = [
     {"name": "no fault", "kill": None, "respawn": False},
     {"name": "kill -9 reconstruction, respawn on", "kill": "reconstruction", "respawn": True},
     {"name": "kill -9 fusion, respawn on", "kill": "fusion", "respawn": True},
+    {
+        # the stream ends while fusion is down: its end-of-stream reaches the respawned fusion before the replay
+        "name": "kill -9 fusion, stream ends while it is down, respawn after 15 s",
+        "kill": "fusion",
+        "respawn": True,
+        "set": ("capture.rate=0.15", "fusion.restart_delay_s=15"),
+    },
     {"name": "kill -9 reconstruction, respawn off", "kill": "reconstruction", "respawn": False},
     {"name": "kill -9 fusion, respawn off", "kill": "fusion", "respawn": False},
     {"name": "SIGINT to the launcher", "signal": signal.SIGINT},
@@ -55,6 +62,8 @@ def run_scenario(scenario: dict[str, Any], frames: int, out: Path) -> dict[str, 
     node = scenario.get("kill")
     if node and scenario["respawn"]:
         args += ["--set", f"{node}.respawn=on-failure", "--set", f"{node}.restart_delay_s=0"]
+    for setting in scenario.get("set", ()):
+        args += ["--set", setting]
     if scenario.get("signal"):
         args += ["--set", "capture.rate=8"]  # frames still coming when the signal arrives
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(REPO)}
@@ -142,7 +151,7 @@ def markdown(rows: list[dict[str, Any]], frames: int) -> str:
     out = [
         f"The demo launch file, {frames} synthetic frames, vggt-tiny with random weights; the kill (SIGKILL of the "
         "node process) or the signal comes right after fusion has placed window 1. `respawn`: time from the kill to "
-        "the respawned process's start (restart_delay_s 0); `recover`: to the next window fused after that start "
+        "the respawned process's start (restart_delay_s 0 unless the scenario says otherwise); `recover`: to the next window fused after that start "
         "(the respawned process's imports included). `trajectory`: lines of trajectory.tum (one per captured frame "
         "when nothing is missing). Respawned fusion reloads its state from `<out>/state/fusion` (`restored` "
         "keyframes); respawned reconstruction gets the current windows' keyframes again from the keyframes node "
