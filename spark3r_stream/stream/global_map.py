@@ -39,7 +39,10 @@ class GlobalMapConfig:
     confidence_quantile: float = 0.25  # drop this lowest-confidence fraction of each keyframe (VGGT-SLAM: 25 %)
     min_confidence: float = 0.0  # and every point below this absolute confidence
     max_points_per_keyframe: int = 20_000  # kept per keyframe after filtering (evenly subsampled)
-    max_total_points: int = 4_000_000  # over all keyframes; beyond, every keyframe is thinned to the same share
+    # over all keyframes; beyond, every keyframe is thinned to the same share of `thin_to` of it: the headroom makes
+    # thinning rare (it changes every keyframe's points, and fusion's saved state rewrites every block after it)
+    max_total_points: int = 4_000_000
+    thin_to: float = 0.8
     voxel_size: float = 0.02  # fused-map voxel edge, map units (the first window's scale)
     max_cached_images: int = 256  # newest keyframe images kept to colour points refreshed by later windows
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
@@ -48,6 +51,7 @@ class GlobalMapConfig:
         check_field(self, "confidence_quantile", 0 <= self.confidence_quantile < 1, "float in [0, 1)")
         check_field(self, "min_confidence", self.min_confidence >= 0, "float >= 0")
         check_field(self, "max_points_per_keyframe", self.max_points_per_keyframe >= 1, "int >= 1")
+        check_field(self, "thin_to", 0 < self.thin_to <= 1, "float in (0, 1]")
         check_field(self, "max_total_points", self.max_total_points >= 1, "int >= 1")
         check_field(self, "voxel_size", self.voxel_size > 0, "float > 0")
         check_field(self, "max_cached_images", self.max_cached_images >= 0, "int >= 0")
@@ -96,6 +100,7 @@ class GlobalMap:
         self._fused: FusedMap | None = None
         self.latest_depth: tuple[int, np.ndarray] | None = None  # (keyframe_id, depth [H, W] in map units)
         self.num_windows = 0
+        self.num_thinnings = 0  # times the map went over max_total_points
 
     # ----------------------------------------------------------------------------------------------------- inputs
 
@@ -269,7 +274,7 @@ class GlobalMap:
         total = sum(len(record.pixel_index) for record in self._records.values())
         if total <= self.config.max_total_points:
             return
-        share = max(1, self.config.max_total_points // len(self._records))
+        share = max(1, int(self.config.max_total_points * self.config.thin_to) // len(self._records))
         for record in self._records.values():
             if len(record.pixel_index) > share:
                 keep = np.linspace(0, len(record.pixel_index) - 1, share).round().astype(int)
@@ -278,6 +283,7 @@ class GlobalMap:
                 record.confidence = record.confidence[keep]
                 record.pixel_index = record.pixel_index[keep]
                 record.points_revision += 1
+        self.num_thinnings += 1
         log.info("map over %d points: every keyframe thinned to at most %d", self.config.max_total_points, share)
 
     def set_poses(self, poses: dict[int, np.ndarray], points_scales: dict[int, float] | None = None) -> None:

@@ -105,9 +105,22 @@ def test_confidence_filter_and_point_caps():
     capped = GlobalMap(GlobalMapConfig(confidence_quantile=0.0, max_points_per_keyframe=50))
     capped.integrate_window(0, **_window(range(3), np.eye(4)))
     assert [len(capped.keyframe_points(k)[0]) for k in range(3)] == [50, 50, 50]
-    total = GlobalMap(GlobalMapConfig(confidence_quantile=0.0, max_total_points=300))
+    total = GlobalMap(GlobalMapConfig(confidence_quantile=0.0, max_total_points=300, thin_to=1.0))
     total.integrate_window(0, **_window(range(4), np.eye(4)))
     assert total.num_points == 4 * 75
+    assert total.num_thinnings == 1
+
+
+def test_total_cap_leaves_headroom_so_thinning_is_rare():
+    """Thinned to `thin_to` of the cap: the next keyframes fit without thinning (and rewriting) every keyframe."""
+    per_keyframe = HEIGHT * WIDTH
+    cap = 4 * per_keyframe
+    gmap = GlobalMap(GlobalMapConfig(confidence_quantile=0.0, max_total_points=cap, thin_to=0.5))
+    for k in range(12):
+        gmap.integrate_window(k, **_window([k], np.eye(4)))
+        assert gmap.num_points <= cap
+    # over the cap at keyframe 4 (thinned to half: 2 keyframes' worth), then at 7 and 10: 3 thinnings in 12 windows
+    assert gmap.num_thinnings == 3
 
 
 def test_exports_read_back(tmp_path):
