@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spark3r_stream.models.layers import sdpa
 from spark3r_stream.spark3r import Spark3RConfig, make_plan
-from spark3r_stream.spark3r.merge import build_merge_index, destination_cells, match_queries
+from spark3r_stream.spark3r.merge import _max_last, build_merge_index, destination_cells, match_queries
 from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
 from tests.unit.spark3r.conftest import global_positions, make_attention, make_layout, single_layer_targets
 
@@ -126,3 +127,57 @@ def test_row_merge_equals_head_split_merge():
     q = torch.randn(2, 2, layout.num_frames * layout.tokens_per_frame, 4)
     rows = merge.merge_rows(q.transpose(1, 2).flatten(2))
     assert torch.equal(rows, merge.merge(q).transpose(1, 2).flatten(2))
+
+
+def reference_merge(metric: torch.Tensor, q: torch.Tensor, index) -> tuple[set, torch.Tensor]:
+    """Straightforward Spark3R query merge of one batch item, group by group: (merged (src, dst) pairs, per-token q).
+
+    Each valid source takes its most cosine-similar valid destination of the group; the group's num_merged sources
+    with the highest similarity merge; every destination becomes the mean of itself and its sources (Eq. 3).
+    """
+    pairs, full = set(), q.clone()
+    for g in range(index.dst.shape[0]):
+        dst = index.dst[g][index.dst_valid[g]]
+        src = index.src[g][index.src_valid[g]]
+        if len(src) == 0:
+            continue
+        unit = torch.nn.functional.normalize(metric, dim=-1)
+        sims = unit[src] @ unit[dst].T
+        best, pick = sims.max(dim=1)
+        order = torch.sort(best, descending=True, stable=True).indices[: int(index.num_merged[g])]
+        members = {int(d): [int(d)] for d in dst}
+        for i in order.tolist():
+            pairs.add((int(src[i]), int(dst[pick[i]])))
+            members[int(dst[pick[i]])].append(int(src[i]))
+        for tokens in members.values():
+            full[tokens] = q[tokens].mean(dim=0)
+    return pairs, full
+
+
+def test_matching_and_merge_equal_a_straightforward_reference():
+    torch.manual_seed(1)
+    for num_frames, group_size, protected, r_q in ((12, 5, 0, 3), (9, 4, None, 4), (7, 7, 3, 2)):
+        layout = make_layout(num_frames, grid_hw=(4, 6))
+        index = build_merge_index(layout, r_q=r_q, group_size=group_size, region=(2, 2), protected_frame=protected)
+        N = num_frames * layout.tokens_per_frame
+        metric, q = torch.randn(2, N, 8), torch.randn(2, N, 12)
+        merge = match_queries(metric, index)
+        reduced = merge.merge_rows(q)
+        full = merge.unmerge(reduced)
+        for b in range(2):
+            pairs, expected = reference_merge(metric[b], q[b], index)
+            assert set(zip(merge.src_tokens[b].tolist(), merge.dst_tokens[b].tolist(), strict=True)) == pairs
+            torch.testing.assert_close(full[b], expected, atol=TIGHT, rtol=TIGHT)
+        assert reduced.shape[1] == index.num_kept
+
+
+@pytest.mark.parametrize("num_columns", [320, 64, 37, 9, 1])
+def test_two_level_max_equals_torch_max_first_occurrence(num_columns):
+    torch.manual_seed(0)
+    values = torch.randn(3, 50, num_columns)
+    values[0, :, num_columns // 2 :] = values[0, :, :1]  # ties, as padded destinations make them
+    values[1] = values[1].round()  # many ties
+    best, where = _max_last(values)
+    expected, expected_where = values.max(dim=-1)
+    assert torch.equal(best, expected) and torch.equal(where, expected_where)
+    assert torch.equal(where[0], values[0].argmax(dim=-1))  # the first of the tied columns
