@@ -13,8 +13,6 @@ import torch.nn.functional as F
 
 from spark3r_stream.models.layers.attention import TokenLayout
 
-MATCH_BLOCK_BYTES = 3 << 20  # similarities per matmul block of the matching on the CPU (a few MiB: stays in cache)
-
 
 @dataclass(frozen=True)
 class MergeIndex:
@@ -195,28 +193,12 @@ def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
     B, N, C = metric.shape
     groups, D = index.dst.shape
     width = index.src.shape[1]
-    rows = metric.reshape(B * N, C)
-    dst_rows, src_rows = index.dst, index.src
-    if B > 1:
-        offsets = torch.arange(0, B * N, N, device=metric.device)[:, None, None]
-        dst_rows = (dst_rows + offsets).view(B * groups, D)
-        src_rows = (src_rows + offsets).view(B * groups, width)
-    # On the CPU the groups go through in cache-sized blocks (gather, matmul, row maximum while the similarities
-    # are in cache: the same numbers as one batched matmul, ~30% faster at 1,000 frames); one block elsewhere.
-    step = B * groups
-    if metric.device.type == "cpu":
-        step = max(1, MATCH_BLOCK_BYTES // (width * D * metric.element_size()))
-    bests, best_dsts = [], []
-    for begin in range(0, B * groups, step):
-        dst_feat = F.normalize(rows.index_select(0, dst_rows[begin : begin + step].reshape(-1)).view(-1, D, C), dim=-1)
-        src_feat = rows.index_select(0, src_rows[begin : begin + step].reshape(-1)).view(-1, width, C)
-        sim = torch.bmm(src_feat, dst_feat.transpose(1, 2))  # the block's groups in one batched matmul
-        best, best_dst = _max_last(sim)  # [block groups, width]
-        # the source norm does not change its argmax, only its rank among the group's sources: divide after the max
-        bests.append(best / src_feat.norm(dim=-1).clamp_min(1e-12))
-        best_dsts.append(best_dst)
-    best = (bests[0] if len(bests) == 1 else torch.cat(bests)).view(B, groups, width)
-    best_dst = best_dsts[0] if len(best_dsts) == 1 else torch.cat(best_dsts)
+    dst_feat = F.normalize(metric.index_select(1, index.dst.view(-1)).view(B * groups, D, C), dim=-1)
+    src_feat = metric.index_select(1, index.src.view(-1)).view(B * groups, width, C)
+    sim = torch.bmm(src_feat, dst_feat.transpose(1, 2))  # all groups in one batched matmul
+    best, best_dst = _max_last(sim)  # [B * groups, width]
+    # the source norm does not change its argmax, only its rank among the group's sources: divide after the max
+    best = (best / src_feat.norm(dim=-1).clamp_min(1e-12)).view(B, groups, width)
     best = best.masked_fill(index.src_invalid, float("-inf"))
     order = best.sort(dim=-1, descending=True, stable=True).indices.view(B, -1)  # per group: source rank -> source
     # flat (group, src) positions; a rank's group is static, so its offsets are precomputed in the index

@@ -39,8 +39,6 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    ROW_CHUNK = 2048  # tokens per GEMM + norm + RoPE pass of project_rows on the CPU (a few MB: stays in cache)
-
     def __init__(
         self,
         dim: int,
@@ -97,9 +95,7 @@ class Attention(nn.Module):
         """Consecutive parts of q, k, v ("q", "kv", "qkv") for the given tokens, token-major [B, N, heads, d].
 
         One GEMM over the contiguous rows of `qkv.weight` for all requested parts; q and k normalised and rotated.
-        Token-major rows let a reducer gather and merge whole tokens without a transposed copy. Long sequences on
-        the CPU run in chunks of ROW_CHUNK tokens: GEMM, norm and RoPE of a chunk while it is in cache give the
-        same rows, bit for bit, at about half the memory traffic of full-length passes.
+        Token-major rows let a reducer gather and merge whole tokens without a transposed copy.
         """
         assert parts in ("q", "kv", "qkv", "k", "v"), parts
         start = "qkv".index(parts[0])
@@ -107,40 +103,12 @@ class Attention(nn.Module):
         weight = self.qkv.weight[start * dim : (start + len(parts)) * dim]
         bias = None if self.qkv.bias is None else self.qkv.bias[start * dim : (start + len(parts)) * dim]
         B, N, _ = x.shape
-        rotate = self.rope is not None and pos is not None and parts != "v"
-        tables = self.rope.token_tables(pos, self.head_dim, x.dtype) if rotate else None
-        if N <= self.ROW_CHUNK or x.device.type != "cpu":  # accelerators: one pass (fewer kernel launches)
-            return self._rows(x, weight, bias, parts, tables)
-        out = [x.new_empty(B, N, self.num_heads, self.head_dim) for _ in parts]
-        for begin in range(0, N, self.ROW_CHUNK):
-            end = min(N, begin + self.ROW_CHUNK)
-            chunk_tables = None if tables is None else tuple(t[:, begin:end] for t in tables)
-            self._rows(x[:, begin:end], weight, bias, parts, chunk_tables, [t[:, begin:end] for t in out])
-        return out
-
-    def _rows(
-        self,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        parts: str,
-        tables: tuple[torch.Tensor, torch.Tensor] | None,
-        out: list[torch.Tensor] | None = None,
-    ) -> list[torch.Tensor]:
-        """`project_rows` of all of x in one pass; the rows are written into `out` (one view per part) if given."""
-        B, N, _ = x.shape
         rows = F.linear(x, weight, bias).view(B, N, len(parts), self.num_heads, self.head_dim).unbind(2)
-        result = []
-        for i, (part, t) in enumerate(zip(parts, rows, strict=True)):
-            target = None if out is None else out[i]
-            if part != "v":
-                t = (self.q_norm if part == "q" else self.k_norm)(t)
-                if tables is not None:
-                    t = self.rope.rotate(t, *tables, token_major=True, out=target)
-            if target is not None and t is not target:
-                target.copy_(t)
-            result.append(t if target is None else target)
-        return result
+        norms = {"q": self.q_norm, "k": self.k_norm}
+        return [
+            t if part == "v" else self._finish(t, norms[part], pos, token_major=True)
+            for part, t in zip(parts, rows, strict=True)
+        ]
 
     def project_qkv(self, x: torch.Tensor, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape

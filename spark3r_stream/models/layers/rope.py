@@ -88,22 +88,9 @@ class RotaryEmbedding2D(nn.Module):
         D = x.shape[-1]
         assert D % 4 == 0, f"2-D RoPE needs a head dim divisible by 4, got {D}"
         cos, sin = self.token_tables(positions, D, x.dtype)
-        return self.rotate(x, cos, sin, token_major=token_major)
-
-    @staticmethod
-    def rotate(
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        *,
-        token_major: bool = False,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`forward` with the per-token tables of `token_tables` (or a token slice of them); into `out` if given."""
-        D = x.shape[-1]
         cos, sin = (cos.unsqueeze(2), sin.unsqueeze(2)) if token_major else (cos.unsqueeze(1), sin.unsqueeze(1))
         # quarters (a1, b1, a2, b2) -> (b1, a1, b2, a2); the sign of rotate-half lives in `sin`
         swapped = x.unflatten(-1, (2, 2, D // 4)).roll(1, -2).flatten(-3)
-        out = torch.mul(x, cos, out=out)
+        out = x * cos
         out += swapped.mul_(sin)
         return out

@@ -54,16 +54,3 @@ def test_row_projections_equal_the_head_split_ones():
         k_rows, v_rows = attn.project_rows(x, positions, "kv")
     for head_split, token_major in zip((q, k, v, k, v), (*rows, k_rows, v_rows), strict=True):
         torch.testing.assert_close(token_major.transpose(1, 2), head_split, atol=1e-6, rtol=1e-6)
-
-
-def test_chunked_row_projections_equal_one_pass(monkeypatch):
-    torch.manual_seed(0)
-    attn = Attention(16, 2, qk_norm=True, rope=RotaryEmbedding2D(100.0)).eval()
-    positions = grid_positions(6, 3, 3, 2).reshape(2, -1, 2)
-    x = torch.randn(2, positions.shape[1], 16)
-    with torch.no_grad():
-        whole = attn.project_rows(x, positions, "qkv")
-        monkeypatch.setattr(Attention, "ROW_CHUNK", 7)  # 33 tokens: 4 full chunks and a partial one
-        chunked = attn.project_rows(x, positions, "qkv")
-    for a, b in zip(whole, chunked, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

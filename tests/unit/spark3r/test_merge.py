@@ -7,7 +7,6 @@ import torch
 
 from spark3r_stream.models.layers import sdpa
 from spark3r_stream.spark3r import Spark3RConfig, make_plan
-from spark3r_stream.spark3r import merge as merge_module
 from spark3r_stream.spark3r.merge import _max_last, build_merge_index, destination_cells, match_queries
 from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
 from tests.unit.spark3r.conftest import global_positions, make_attention, make_layout, single_layer_targets
@@ -155,9 +154,7 @@ def reference_merge(metric: torch.Tensor, q: torch.Tensor, index) -> tuple[set, 
     return pairs, full
 
 
-@pytest.mark.parametrize("block_bytes", [merge_module.MATCH_BLOCK_BYTES, 1])  # one block; one group per block
-def test_matching_and_merge_equal_a_straightforward_reference(block_bytes, monkeypatch):
-    monkeypatch.setattr(merge_module, "MATCH_BLOCK_BYTES", block_bytes)
+def test_matching_and_merge_equal_a_straightforward_reference():
     torch.manual_seed(1)
     for num_frames, group_size, protected, r_q in ((12, 5, 0, 3), (9, 4, None, 4), (7, 7, 3, 2)):
         layout = make_layout(num_frames, grid_hw=(4, 6))
