@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["achieved_pct"] = 100 * row["speedup"] / row["flop_ratio"]
                 # where Spark3R's time goes: each phase alone, median of the same repeats
                 q = attn.project(x, pos, "q")
-                phases = {"q_proj_ms": (attn.project, x, pos, "q")}
+                phases = {"q_proj_ms": (attn.project_rows, x, pos, "q")}  # token-major, as the reducer projects
                 if step.num_keys < N:
                     kv_index = session.kv_index(layout, step.r_kv, x.device)
                     phases["kv_proj_ms"] = (project_kept_kv, attn, x, pos, kv_index)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                     merge = match_queries(metric, index)
                     q_reduced = merge.merge(q)
                     phases["match_ms"] = (match_queries, metric, index)
-                    phases["merge_ms"] = (merge.merge, q)
+                    phases["merge_ms"] = (merge.merge_rows, metric)  # token-major rows, as the reducer merges
                     row["match_gflop"] = 2 * float((index.src_valid.sum(-1) * index.dst_valid.sum(-1)).sum()) * C / 1e9
                 phases["sdpa_ms"] = (sdpa, q_reduced, k, v)
                 for name, (fn, *fn_args) in phases.items():
