@@ -39,6 +39,11 @@ class MergeIndex:
     merged_dst_offset: torch.Tensor  # [R] group * D of each merged rank: a source's group is its rank's group
     merged_src_offset: torch.Tensor  # [R] group * M-width of each merged rank (flat position of the group's row)
     unmerged_src_offset: torch.Tensor  # [U] the same for the ranks that stay
+    # Every valid source of every group merges (r_Q 4 with 2x2 regions): then the similarity ranking cannot change
+    # which sources merge, and matching needs only each source's best destination (no norms, no sort).
+    all_merged: bool
+    valid_src_pos: torch.Tensor  # [V] flat (group, src) positions of the valid sources, group-major
+    valid_src_dst_offset: torch.Tensor  # [V] group * D of each
 
 
 def destination_cells(grid_hw: tuple[int, int], region: tuple[int, int]) -> torch.Tensor:
@@ -125,6 +130,7 @@ def build_merge_index(
     dst_slot = dst_slot.view(num_groups, -1)
     dst_slot = torch.where(dst_valid, dst_slot, dst_slot.gather(1, first)).view(-1)
     assert len(always_kept) + len(unmerged_rank) == S * P - int(num_merged.sum())
+    valid_src_pos = src_valid.view(-1).nonzero().squeeze(1)
     num_dst = dst.shape[1]
     return MergeIndex(
         dst=dst.to(device),
@@ -142,6 +148,9 @@ def build_merge_index(
         merged_dst_offset=((merged_rank // width) * num_dst).to(device),
         merged_src_offset=((merged_rank // width) * width).to(device),
         unmerged_src_offset=((unmerged_rank // width) * width).to(device),
+        all_merged=bool((num_merged == num_valid_src).all()),
+        valid_src_pos=valid_src_pos.to(device),
+        valid_src_dst_offset=((valid_src_pos // width) * num_dst).to(device),
     )
 
 
@@ -197,19 +206,25 @@ def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
     src_feat = metric.index_select(1, index.src.view(-1)).view(B * groups, width, C)
     sim = torch.bmm(src_feat, dst_feat.transpose(1, 2))  # all groups in one batched matmul
     best, best_dst = _max_last(sim)  # [B * groups, width]
-    # the source norm does not change its argmax, only its rank among the group's sources: divide after the max
-    best = (best / src_feat.norm(dim=-1).clamp_min(1e-12)).view(B, groups, width)
-    best = best.masked_fill(index.src_invalid, float("-inf"))
-    order = best.sort(dim=-1, descending=True, stable=True).indices.view(B, -1)  # per group: source rank -> source
-    # flat (group, src) positions; a rank's group is static, so its offsets are precomputed in the index
-    merged_pos = order.index_select(1, index.merged_rank) + index.merged_src_offset  # [B, R]
-    unmerged_pos = order.index_select(1, index.unmerged_rank) + index.unmerged_src_offset
-    dst_pos = best_dst.view(B, -1).gather(1, merged_pos) + index.merged_dst_offset  # flat (group, dst)
     src_flat, dst_flat = index.src.view(-1), index.dst.view(-1)
+    if index.all_merged:
+        # every valid source merges whatever its similarity: no ranking (the same pairs, in token order)
+        merged_pos = index.valid_src_pos.expand(B, -1)
+        dst_pos = best_dst.view(B, -1).gather(1, merged_pos) + index.valid_src_dst_offset  # flat (group, dst)
+        kept = index.always_kept.expand(B, -1)
+    else:
+        # the source norm does not change its argmax, only its rank among the group's sources: divide after the max
+        best = (best / src_feat.norm(dim=-1).clamp_min(1e-12)).view(B, groups, width)
+        best = best.masked_fill(index.src_invalid, float("-inf"))
+        order = best.sort(dim=-1, descending=True, stable=True).indices.view(B, -1)  # per group: rank -> source
+        # flat (group, src) positions; a rank's group is static, so its offsets are precomputed in the index
+        merged_pos = order.index_select(1, index.merged_rank) + index.merged_src_offset  # [B, R]
+        unmerged_pos = order.index_select(1, index.unmerged_rank) + index.unmerged_src_offset
+        dst_pos = best_dst.view(B, -1).gather(1, merged_pos) + index.merged_dst_offset  # flat (group, dst)
+        kept = torch.cat([index.always_kept.expand(B, -1), src_flat.take(unmerged_pos)], dim=1)
     src_tokens = src_flat.take(merged_pos)
     dst_tokens = dst_flat.take(dst_pos)
     dst_slot = index.dst_slot.take(dst_pos)
-    kept = torch.cat([index.always_kept.expand(B, -1), src_flat.take(unmerged_pos)], dim=1)
     slot = torch.empty(B, N, dtype=torch.long, device=metric.device)
     slot.scatter_(1, kept, torch.arange(index.num_kept, device=metric.device).expand(B, -1))
     slot.scatter_(1, src_tokens, dst_slot)

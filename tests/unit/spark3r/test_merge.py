@@ -156,9 +156,11 @@ def reference_merge(metric: torch.Tensor, q: torch.Tensor, index) -> tuple[set, 
 
 def test_matching_and_merge_equal_a_straightforward_reference():
     torch.manual_seed(1)
-    for num_frames, group_size, protected, r_q in ((12, 5, 0, 3), (9, 4, None, 4), (7, 7, 3, 2)):
+    paths = set()
+    for num_frames, group_size, protected, r_q in ((12, 5, 0, 3), (9, 4, None, 4), (7, 7, 3, 2), (10, 4, 0, 4)):
         layout = make_layout(num_frames, grid_hw=(4, 6))
         index = build_merge_index(layout, r_q=r_q, group_size=group_size, region=(2, 2), protected_frame=protected)
+        paths.add(index.all_merged)
         N = num_frames * layout.tokens_per_frame
         metric, q = torch.randn(2, N, 8), torch.randn(2, N, 12)
         merge = match_queries(metric, index)
@@ -169,6 +171,7 @@ def test_matching_and_merge_equal_a_straightforward_reference():
             assert set(zip(merge.src_tokens[b].tolist(), merge.dst_tokens[b].tolist(), strict=True)) == pairs
             torch.testing.assert_close(full[b], expected, atol=TIGHT, rtol=TIGHT)
         assert reduced.shape[1] == index.num_kept
+    assert paths == {True, False}  # both the ranked matching and the one where every valid source merges
 
 
 @pytest.mark.parametrize("num_columns", [320, 64, 37, 9, 1])
