@@ -72,9 +72,10 @@ class Attention(nn.Module):
     def _finish(
         self, t: torch.Tensor, norm: nn.Module, pos: torch.Tensor | None, *, token_major: bool = False
     ) -> torch.Tensor:
+        owned = not isinstance(norm, nn.Identity)  # the norm's output is a new tensor: RoPE may rotate it in place
         t = norm(t)
         if self.rope is not None and pos is not None:
-            t = self.rope(t, pos, token_major=token_major)
+            t = self.rope(t, pos, token_major=token_major, inplace=owned)
         return t
 
     def project(self, x: torch.Tensor, pos: torch.Tensor | None, part: str) -> torch.Tensor:

@@ -83,14 +83,19 @@ class RotaryEmbedding2D(nn.Module):
             self._tables.popitem(last=False)
         return cos_tok, sin_tok
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, *, token_major: bool = False) -> torch.Tensor:
-        """x [B, heads, N, D] (token_major: [B, N, heads, D]), positions long [B, N, 2] (row, col)."""
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, *, token_major: bool = False, inplace: bool = False
+    ) -> torch.Tensor:
+        """x [B, heads, N, D] (token_major: [B, N, heads, D]), positions long [B, N, 2] (row, col).
+
+        `inplace`: x is a temporary of the caller's and receives the result (no new full-size buffer; same bits).
+        """
         D = x.shape[-1]
         assert D % 4 == 0, f"2-D RoPE needs a head dim divisible by 4, got {D}"
         cos, sin = self.token_tables(positions, D, x.dtype)
         cos, sin = (cos.unsqueeze(2), sin.unsqueeze(2)) if token_major else (cos.unsqueeze(1), sin.unsqueeze(1))
         # quarters (a1, b1, a2, b2) -> (b1, a1, b2, a2); the sign of rotate-half lives in `sin`
         swapped = x.unflatten(-1, (2, 2, D // 4)).roll(1, -2).flatten(-3)
-        out = x * cos
+        out = x.mul_(cos) if inplace else x * cos
         out += swapped.mul_(sin)
         return out

@@ -29,6 +29,9 @@ def test_cached_rope_is_bit_exact_with_the_official_form(dtype, head_dim):
     assert torch.equal(rope(x, positions), expected)  # second call: from the cache
     token_major = rope(x.transpose(1, 2).contiguous(), positions, token_major=True)
     assert torch.equal(token_major.transpose(1, 2), expected)
+    owned = x.clone()
+    assert torch.equal(rope(owned, positions, inplace=True), expected)
+    assert torch.equal(owned, expected)  # rotated in place
 
 
 def test_rope_cache_is_keyed_by_content_and_bounded():
