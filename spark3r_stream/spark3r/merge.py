@@ -202,7 +202,8 @@ def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
     B, N, C = metric.shape
     groups, D = index.dst.shape
     width = index.src.shape[1]
-    dst_feat = F.normalize(metric.index_select(1, index.dst.view(-1)).view(B * groups, D, C), dim=-1)
+    dst_feat = metric.index_select(1, index.dst.view(-1)).view(B * groups, D, C)
+    dst_feat.div_(dst_feat.norm(dim=-1, keepdim=True).clamp_min(1e-12))  # F.normalize, in the gathered copy
     src_feat = metric.index_select(1, index.src.view(-1)).view(B * groups, width, C)
     sim = torch.bmm(src_feat, dst_feat.transpose(1, 2))  # all groups in one batched matmul
     best, best_dst = _max_last(sim)  # [B * groups, width]
