@@ -37,6 +37,29 @@ POLL_S = 0.1  # child-process supervision period
 COLORS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
 RESET = "\033[0m"
 EXIT_CONFIG = 2  # a node's (and the launcher's) exit code for bad usage/config/input
+# what a run writes into --out: a previous run's copies are removed first, so a run whose fusion never writes them
+# is not reported with the old ones (its logs are rewritten by the new run)
+RUN_OUTPUTS = (
+    "report.json",
+    "trajectory.tum",
+    "trajectory_keyframes.tum",
+    "groundtruth.tum",
+    "map.ply",
+    "recording.rrd",
+)
+RUN_OUTPUT_DIRS = ("nodes", "state")
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """Remove a previous run's outputs from `out` (only the names a run writes); returns what was removed."""
+    removed = [name for name in RUN_OUTPUTS if (out / name).is_file()]
+    for name in removed:
+        (out / name).unlink()
+    for name in RUN_OUTPUT_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+            removed.append(name + "/")
+    return removed
 
 
 class _Child:
@@ -218,6 +241,8 @@ class Launcher:
         """Run until every node ended; returns 0, 1 (a node failed), 2 (a node rejected its config or input),
         130/143 after SIGINT/SIGTERM."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if removed := clear_previous_run(self.out):
+            log.info("launcher: removed the previous run's %s from %s", ", ".join(removed), self.out)
         config_dir, log_dir = self.out / "launch", self.out / "logs"
         config_dir.mkdir(exist_ok=True)
         log_dir.mkdir(exist_ok=True)

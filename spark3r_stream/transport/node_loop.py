@@ -552,12 +552,30 @@ class NodeLoop:
         for out in self._outputs.values():
             if out.eos_sent:
                 continue
+            if out.monitor is not None:
+                self._await_returning_receiver(out)
             eos = EndOfStream(node=self.name, num_sent=out.num_sent)
             out.eos_sent = self._send_on(out, eos, "end_of_stream", block=not self._stop) is not False
             if not out.eos_sent:
                 log.warning("%s: end-of-stream on %r could not be sent (no receiver)", self.name, out.endpoint.edge)
             else:
                 log.info("%s: end of stream on %r after %d messages", self.name, out.endpoint.edge, out.num_sent)
+
+    def _await_returning_receiver(self, out: _Output) -> None:
+        """Before the end-of-stream: a receiver that left and may come back (SIGUSR1: it is being respawned, or it
+        left less than reconnect_grace_s ago) is waited for and gets its replay first. Sent now, the end-of-stream
+        would sit in the pipe of the dead connection and reach the new receiver ahead of the replay, which a
+        restarted receiver without state (it counts from the first seq it sees) cannot tell from a complete stream."""
+        self._read_monitor(out)
+        while (
+            not self._stop
+            and out.peers == 0
+            and out.lost_peer
+            and (self._receiver_respawning or time.monotonic() - (out.disconnected_at or 0.0) < self.reconnect_grace_s)
+        ):
+            out.monitor.poll(self.poll_ms)
+            self._read_monitor(out)
+        self._replay_pending()
 
     # ------------------------------------------------------------------ receiving
     def run(self, source: Iterable[Any] | None = None, *, max_polls: int | None = None) -> int:
