@@ -679,8 +679,7 @@ class NodeLoop:
         except Exception as exc:
             detail = f"{header['type']}: {type(exc).__name__}: {exc}"
             self._drop(inp.endpoint.edge, "handler_failed", detail, exc_info=True)
-        if inp.ended and all(i.ended for i in self._inputs.values()) and not self._finished:
-            self._finish()
+        self._finish_if_all_ended()
 
     def _upstream(self, inp: _Input, src: str) -> _Upstream | None:
         """The accounting of sender `src` on this input; None if `src` is not one of its upstreams."""
@@ -760,6 +759,10 @@ class NodeLoop:
             "%s: %r ended %r with seqs from %d missing; waiting up to %.0f s for its replay",
             self.name, src, inp.endpoint.edge, up.below, self.eos_replay_wait_s,
         )  # fmt: skip
+
+    def _finish_if_all_ended(self) -> None:
+        if self._inputs and all(i.ended for i in self._inputs.values()) and not self._finished:
+            self._finish()
 
     def _end_upstream(self, inp: _Input, src: str, up: _Upstream, eos: EndOfStream) -> None:
         up.pending_eos = None
@@ -896,8 +899,7 @@ class NodeLoop:
                 del self._socket_role[inp.socket]
                 inp.socket.close(linger=0)
                 inp.is_closed = True
-        if self._inputs and all(i.ended for i in self._inputs.values()) and not self._finished:
-            self._finish()
+        self._finish_if_all_ended()
 
     def _close_input(self, inp: _Input) -> None:
         """Every upstream has ended this input: close it now, so the senders' close sees the disconnect."""
@@ -967,8 +969,7 @@ class NodeLoop:
                 if up.pending_eos is not None and now - up.pending_since > self.eos_replay_wait_s:
                     log.warning("%s: no replay from %r on %r; ending it", self.name, src, inp.endpoint.edge)
                     self._end_upstream(inp, src, up, up.pending_eos)
-                    if all(i.ended for i in self._inputs.values()) and not self._finished:
-                        self._finish()
+                    self._finish_if_all_ended()
         for out in self._outputs.values():
             if out.monitor is not None:
                 self._read_monitor(out)  # keeps the peer count current (and the monitor queue short)
