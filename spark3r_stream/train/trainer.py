@@ -38,20 +38,31 @@ from spark3r_stream.train.losses import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Clips:
+    """One batch's shape: `num` clips of `length` frames, frame gaps in `gaps`, first-to-last motion in `motion`."""
+
+    length: int
+    num: int
+    gaps: tuple[int, int] = (1, 4)
+    motion: MotionRange | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Stage:
     """A curriculum stage: from `start_step` on, clips of `clip_len` frames, `num_clips` per step.
 
     The scenes (`turn_deg` per frame on handheld paths, drawn per scene from a range; `step_m` per frame; `paths`)
     are re-rendered when they change. `gaps` is the frame gap range inside a clip; `motion` keeps only clips whose
-    first-to-last motion lies in its range. `matching_only` trains the backbone on the correspondence auxiliary alone
-    (the heads are not run): cross-view matching forms first, before the camera loss can settle on the mean pose
-    without it. `freeze_backbone` trains the heads alone on a fixed aggregator. Every stage re-warms its peak `lr`.
+    first-to-last motion lies in its range. `mix` replaces these by several clip lengths in every step (one batch
+    each, gradients accumulated): trained on one length at a time, the model traded the other lengths away (session
+    10). `matching_only` trains the backbone on the correspondence auxiliary alone (the heads are not run): cross-view
+    matching forms first, before the camera loss can settle on the mean pose without it. `freeze_backbone` trains the heads alone on a fixed aggregator. Every stage re-warms its peak `lr`.
     """
 
     start_step: int
-    clip_len: int
-    num_clips: int
+    clip_len: int = 2
+    num_clips: int = 24
     gaps: tuple[int, int] = (1, 4)
     turn_deg: float | tuple[float, float] = 3.0
     step_m: float = 0.12
@@ -61,10 +72,16 @@ class Stage:
     freeze_backbone: bool = False
     lr: float = 1e-3
     correspondence_weight: float = 1.0
+    mix: tuple[Clips, ...] = ()
 
     @property
     def scenes(self) -> tuple:
         return (self.turn_deg, self.step_m, self.paths)
+
+    @property
+    def batches(self) -> tuple[Clips, ...]:
+        """The batches of one step."""
+        return self.mix or (Clips(self.clip_len, self.num_clips, self.gaps, self.motion),)
 
 
 # What the pose stages train on (research/tiny_model_training.md, study 2): visible motion, no forward paths.
@@ -82,13 +99,13 @@ class TrainConfig:
     tie_global_qk: bool = True
     # the matching auxiliary (train/losses.py): MatchingHead ("matching") or CorrespondenceHead ("regression")
     correspondence_head: Literal["matching", "regression"] = "matching"
-    total_steps: int = 11_500
+    total_steps: int = 11_000
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95: moments follow a change of the loss set within ~20 steps
     warmup_steps: int = 100
     # cosine decay to 5 % of the stage's peak inside each (start, end) window; constant peak outside (the run was
     # extended in parts: each part ends decayed, so that its last checkpoint is a candidate to ship)
-    decay_windows: tuple[tuple[int, int], ...] = ((6_750, 9_000), (10_000, 11_500))
+    decay_windows: tuple[tuple[int, int], ...] = ((6_750, 9_000), (9_750, 11_000))
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
     depth_weight: float = 1.0
@@ -125,16 +142,15 @@ class TrainConfig:
             lr=3e-4,
             correspondence_weight=2.0,
         ),
-        # The demo's windows hold 16-64 keyframes: 16-frame clips (gap 1 in the 24-frame pool scenes, 30-100 deg).
+        # The demo's windows hold 16-64 keyframes. A stage of 16-frame clips alone (session 10) bought 16-frame
+        # rotation at the cost of pairs and depth: pairs, 8 and 16 frames in every step instead.
         Stage(
             start_step=9_000,
-            clip_len=16,
-            num_clips=3,
-            gaps=(1, 1),
             turn_deg=(2.0, 6.0),
             paths=POSE_PATHS,
             lr=3e-4,
             correspondence_weight=2.0,
+            mix=(Clips(2, 12, (2, 4), POSE_MOTION), Clips(8, 3, (1, 2)), Clips(16, 2, (1, 1))),
         ),
     )
     pool_size: int = 128
@@ -243,6 +259,31 @@ def training_losses(
     return losses | references, total
 
 
+def batch_step(
+    model: torch.nn.Module,
+    aux: CorrespondenceHead | MatchingHead,
+    pool: ScenePool,
+    rng: np.random.Generator,
+    clips: Clips,
+    stage: Stage,
+    cfg: TrainConfig,
+    num_batches: int,
+) -> dict[str, float]:
+    """Draw one batch of `clips`, run the stage's losses and back-propagate their weighted sum ÷ `num_batches` (one
+    of the step's batches); returns the loss terms and the weighted sum ("total")."""
+    batch = make_batch(pool, rng, clips.num, clips.length, clips.gaps, clips.motion)
+    num_dense = max(1, round(clips.length * cfg.dense_fraction))
+    dense_frames = (
+        None
+        if num_dense >= clips.length
+        else torch.from_numpy(np.sort(rng.choice(clips.length, num_dense, replace=False)))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        losses, total = training_losses(model, aux, batch, stage, cfg, dense_frames)
+    (total / num_batches).backward()
+    return {k: v.item() for k, v in losses.items()} | {"total": total.item()}
+
+
 def ratios(running: dict[str, float]) -> dict[str, float]:
     """What says whether the model sees motion: correspondence error ÷ no-motion guess's, quaternion L1 ÷ identity's
     (both 1.0 for a model that ignores the other view)."""
@@ -332,25 +373,20 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             if stage.scenes != (pool.turn_deg, pool.step_m, pool.paths):
                 pool = scene_pool(stage)
             model.aggregator.requires_grad_(not stage.freeze_backbone)
-            batch = make_batch(pool, rng, stage.num_clips, stage.clip_len, stage.gaps, stage.motion)
             lr = learning_rate(cfg, step, warm_from)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            num_dense = max(1, round(stage.clip_len * cfg.dense_fraction))
-            dense_frames = (
-                None
-                if num_dense >= stage.clip_len
-                else torch.from_numpy(np.sort(rng.choice(stage.clip_len, num_dense, replace=False)))
-            )
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                losses, total = training_losses(model, aux, batch, stage, cfg, dense_frames)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            record: dict[str, float] = {}  # the step's losses, averaged over its batches
+            for clips in stage.batches:  # gradients of every batch accumulated into one step
+                batch_losses = batch_step(model, aux, pool, rng, clips, stage, cfg, len(stage.batches))
+                for k, v in batch_losses.items():
+                    record[k] = record.get(k, 0.0) + v / len(stage.batches)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             step += 1
-            record = {k: v.item() for k, v in losses.items()} | {"total": total.item(), "grad_norm": grad_norm.item()}
+            record["grad_norm"] = grad_norm.item()
             for k, v in record.items():
                 running[k] = 0.9 * running.get(k, v) + 0.1 * v
             bar.update(1)
@@ -358,16 +394,16 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 entry = {
                     "step": step,
                     "lr": lr,
-                    "clip_len": stage.clip_len,
+                    "clip_len": "+".join(str(c.length) for c in stage.batches),
                     "step_s": round(time.perf_counter() - t0, 3),
                 }
                 log_file.write(json.dumps(entry | record | ratios(running)) + "\n")
                 log_file.flush()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in ratios(running).items()})
                 log.info(
-                    "step %d clip %d lr %.2e %s",
+                    "step %d clips %s lr %.2e %s",
                     step,
-                    stage.clip_len,
+                    "+".join(str(c.length) for c in stage.batches),
                     lr,
                     " ".join(f"{k} {v:.4f}" for k, v in (running | ratios(running)).items()),
                 )

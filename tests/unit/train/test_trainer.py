@@ -13,7 +13,16 @@ from spark3r_stream.models.pose_encoding import pose_encoding_to_extri_intri
 from spark3r_stream.synth import render_sequence
 from spark3r_stream.train.data import MotionRange, ScenePool, clip_targets, draw_clip, make_batch
 from spark3r_stream.train.losses import CorrespondenceHead, camera_loss, correspondence_errors, quaternion_errors
-from spark3r_stream.train.trainer import TRAIN_PRESETS, Stage, TrainConfig, learning_rate, ratios, stage_at, train
+from spark3r_stream.train.trainer import (
+    TRAIN_PRESETS,
+    Clips,
+    Stage,
+    TrainConfig,
+    learning_rate,
+    ratios,
+    stage_at,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +120,7 @@ def test_training_checkpoints_and_resumes(tmp_path):
         curriculum=(
             Stage(start_step=0, clip_len=2, num_clips=1, gaps=(1, 1), matching_only=True),
             Stage(start_step=1, clip_len=2, num_clips=1, gaps=(1, 1), freeze_backbone=True),
-            Stage(start_step=2, clip_len=2, num_clips=1, gaps=(1, 1)),
+            Stage(start_step=2, mix=(Clips(2, 1, (1, 1)), Clips(3, 1, (1, 1)))),  # two clip lengths per step
         ),
         pool_size=1,
         pool_frames=3,
@@ -134,6 +143,7 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["total"]) for r in log)
     assert "camera" not in log[0] and "camera" in log[1]  # the matching-only stage runs no heads
     assert log[0]["corr_ratio"] > 0 and log[1]["quat_ratio"] > 0
+    assert [r["clip_len"] for r in log] == ["2", "2", "2+3"] and log[2]["camera"] > 0
 
 
 def test_ship_weights_stores_float16_with_the_step(tmp_path, monkeypatch):
