@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from spark3r_stream.models.layers import Attention, RotaryEmbedding2D, TokenLayout, grid_positions, sdpa
     from spark3r_stream.models.targets import ReductionTargets
     from spark3r_stream.spark3r import Spark3RConfig
-    from spark3r_stream.spark3r.merge import match_queries
+    from spark3r_stream.spark3r.merge import match_queries, similarity_dtype
     from spark3r_stream.spark3r.prune import project_kept_kv
     from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
     from spark3r_stream.stream.reconstructor import keep_freed_memory
@@ -165,29 +165,35 @@ def main(argv: list[str] | None = None) -> int:
             N = S * layout.tokens_per_frame
             x = torch.randn(1, N, C)
             pos = grid_positions(S, h, h, 5).reshape(1, N, 2)
-            session = ReductionSession(Spark3RConfig(), targets)
-            reducers = [GlobalReducer(layer, session) for layer in range(2)]
+            # the product's matching (similarity_dtype "auto": bfloat16 on CPUs with native bf16) and float32 matching
+            settings = ["auto"] + (["float32"] if similarity_dtype("auto", x.device) is not None else [])
+            sessions = {name: ReductionSession(Spark3RConfig(similarity_dtype=name), targets) for name in settings}
+            reducers = {(name, layer): GlobalReducer(layer, sessions[name]) for name in settings for layer in range(2)}
             attn.reducer = None
             attn(x[:, : min(N, 5000)], pos[:, : min(N, 5000)])  # warm-up of the dense kernels
-            for reducer in reducers:  # warm-up: builds the cached indices
+            for reducer in reducers.values():  # warm-up: builds the cached indices
                 attn.reducer = reducer
                 attn(x, pos, layout)
             # interleaved repeats, so that dense and Spark3R see the same load of this shared machine
             dense_repeats = 1 if (S > 400 or args.quick) else 3
-            times: dict[int | None, list[float]] = {None: [], 0: [], 1: []}
+            times: dict = {key: [] for key in [None, *reducers]}
             for i in range(args.repeats):
-                for layer in (0, 1, None) if i < dense_repeats else (0, 1):
-                    attn.reducer = None if layer is None else reducers[layer]
-                    times[layer].append(median_time_s(attn, 1, x, pos, layout))
+                for key in [*reducers, None] if i < dense_repeats else reducers:
+                    attn.reducer = None if key is None else reducers[key]
+                    times[key].append(median_time_s(attn, 1, x, pos, layout))
             dense_s = statistics.median(times[None])
-            for layer, kind in enumerate(("insensitive", "sensitive")):
-                spark_s = statistics.median(times[layer])
+            for (setting, layer), reducer in reducers.items():
+                kind = ("insensitive", "sensitive")[layer]
+                spark_s = statistics.median(times[setting, layer])
+                session = reducer.session
                 plan = session.plan(layout)
                 step = plan.layers[layer]
                 flops = layer_flops(N, step.num_queries, step.num_keys, C)
+                match_dtype = similarity_dtype(setting, x.device)
                 row = {
                     "frames": S,
                     "layer": kind,
+                    "matching": str(match_dtype or x.dtype).removeprefix("torch."),
                     "r_q": step.r_q,
                     "r_kv": step.r_kv,
                     "tokens": N,
@@ -213,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                 if step.num_queries < N:
                     metric = q.transpose(1, 2).reshape(1, N, C)
                     index = session.merge_index(layout, plan, x.device)
-                    merge = match_queries(metric, index)
+                    merge = match_queries(metric, index, match_dtype)
                     q_reduced = merge.merge(q)
-                    phases["match_ms"] = (match_queries, metric, index)
+                    phases["match_ms"] = (match_queries, metric, index, match_dtype)
                     phases["merge_ms"] = (merge.merge_rows, metric)  # token-major rows, as the reducer merges
                     row["match_gflop"] = 2 * float((index.src_valid.sum(-1) * index.dst_valid.sum(-1)).sum()) * C / 1e9
                 phases["sdpa_ms"] = (sdpa, q_reduced, k, v)
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = [
         ("frames", "S"),
         ("layer", "layer"),
+        ("matching", "matching dtype"),
         ("r_q", "r_Q"),
         ("r_kv", "r_KV"),
         ("tokens", "N"),
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     phase_columns = [
         ("frames", "S"),
         ("layer", "layer"),
+        ("matching", "matching dtype"),
         ("spark3r_ms", "Spark3R layer (ms)"),
         ("q_proj_ms", "q projection + q-norm + RoPE, all N (ms)"),
         ("kv_proj_ms", "k/v projection, kept tokens (ms)"),
@@ -264,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", paper factors for S (Eqs. 4–5; insensitive layer = 3·r_KV).\n"
         "FLOP ratio = dense FLOPs (qkv + attention + proj) ÷ Spark3R FLOPs (q on N, k/v on kept tokens, attention "
         "M×keys, proj on M); the query-matching FLOPs are overhead counted against Spark3R (measured separately "
-        "in the second table). Dense: median of 3 (1 above 400 frames); Spark3R: median of "
+        'in the second table; `Spark3RConfig.similarity_dtype` "auto" runs its similarity GEMM in bfloat16 on CPUs '
+        "with native bf16, float32 rows beside it). Dense: median of 3 (1 above 400 frames); Spark3R: median of "
         f"{args.repeats}; interleaved, after warm-up.\n\n"
         + table(rows, columns)
         + "\n## Where a Spark3R layer's time goes (each phase timed alone; the rest is output projection + copy-back)\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,6 +180,7 @@ def autocast_for(device: torch.device, cpu_bf16: bool = False) -> torch.autocast
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+@functools.cache  # read once: the Spark3R matching asks in every layer
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (avx512_bf16 or AMX flags in /proc/cpuinfo; False where unreadable)."""
     try:

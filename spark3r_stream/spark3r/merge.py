@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from spark3r_stream.models.layers.attention import TokenLayout
+from spark3r_stream.models.outputs import cpu_has_bf16
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,21 @@ class QueryMerge:
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
-def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
+def similarity_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Spark3RConfig.similarity_dtype for `device`: None (the metric's own dtype) or bfloat16."""
+    if setting == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+        return torch.bfloat16 if native else None
+    return torch.bfloat16 if setting == "bfloat16" else None
+
+
+def match_queries(metric: torch.Tensor, index: MergeIndex, dtype: torch.dtype | None = None) -> QueryMerge:
     """Cosine-match every source to its most similar destination in its group; merge the top sources per group.
 
     Args:
         metric: [B, N, C'] similarity features (projected queries with heads concatenated, or the layer input).
+        dtype: the similarity GEMM's dtype (None: the metric's). bfloat16 halves its time on CPUs with native bf16;
+            near-ties may then pick another destination of the group.
     """
     B, N, C = metric.shape
     groups, D = index.dst.shape
@@ -205,7 +216,8 @@ def match_queries(metric: torch.Tensor, index: MergeIndex) -> QueryMerge:
     dst_feat = metric.index_select(1, index.dst.view(-1)).view(B * groups, D, C)
     dst_feat.div_(dst_feat.norm(dim=-1, keepdim=True).clamp_min(1e-12))  # F.normalize, in the gathered copy
     src_feat = metric.index_select(1, index.src.view(-1)).view(B * groups, width, C)
-    sim = torch.bmm(src_feat, dst_feat.transpose(1, 2))  # all groups in one batched matmul
+    dtype = dtype or metric.dtype
+    sim = torch.bmm(src_feat.to(dtype), dst_feat.to(dtype).transpose(1, 2))  # all groups in one batched matmul
     best, best_dst = _max_last(sim)  # [B * groups, width]
     src_flat, dst_flat = index.src.view(-1), index.dst.view(-1)
     if index.all_merged:

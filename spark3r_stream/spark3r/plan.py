@@ -24,6 +24,10 @@ class Spark3RConfig:
     group_size: int = 20  # §3.3: G consecutive frames per query-merge group
     # §3.3 (not in paper): "query" = projected, RoPE-rotated queries, heads concatenated; "input" = layer input
     similarity: Literal["query", "input"] = "query"
+    # §3.3 (not in paper): dtype of the matching's similarity GEMM, which only picks each source's destination (the
+    # merge averages in the queries' dtype). "auto" = bfloat16 where the device computes it natively (CUDA, CPUs with
+    # avx512_bf16/AMX), as FastVGGT matches; float32 elsewhere. bench_attention / bench_fidelity measure both.
+    similarity_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # §3.4 (not in paper): "drop" = a pruned frame loses all its K/V, specials included; "keep" = specials stay
     kv_special_tokens: Literal["drop", "keep"] = "drop"
     # §3.3 (not in paper): (rows, cols) of the region holding one destination; None = 2x2 up to r_Q 4, 4 x ceil(r_Q/4)
@@ -40,6 +44,8 @@ class Spark3RConfig:
         for name in ("layer_multiplier", "group_size"):
             check_field(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "int >= 1")
         check_field(self, "similarity", self.similarity in ("query", "input"), "'query' or 'input'")
+        dtypes = ("auto", "float32", "bfloat16")
+        check_field(self, "similarity_dtype", self.similarity_dtype in dtypes, "'auto', 'float32' or 'bfloat16'")
         check_field(self, "kv_special_tokens", self.kv_special_tokens in ("drop", "keep"), "'drop' or 'keep'")
         if self.region_size is not None:
             region = tuple(self.region_size)

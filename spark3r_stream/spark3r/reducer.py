@@ -11,7 +11,7 @@ from torch import nn
 
 from spark3r_stream.models.layers.attention import Attention, TokenLayout, sdpa
 from spark3r_stream.models.targets import ReductionTargets
-from spark3r_stream.spark3r.merge import MergeIndex, build_merge_index, match_queries
+from spark3r_stream.spark3r.merge import MergeIndex, build_merge_index, match_queries, similarity_dtype
 from spark3r_stream.spark3r.plan import ReductionPlan, Spark3RConfig, make_plan
 from spark3r_stream.spark3r.prune import kv_token_index, project_kept_kv_rows
 
@@ -99,7 +99,8 @@ class GlobalReducer:
             if step.num_queries == N:
                 return attn.project_out(sdpa(q.view(B, N, attn.num_heads, -1).transpose(1, 2), k, v))
         metric = q if plan.similarity == "query" else x
-        merge = match_queries(metric, session.merge_index(layout, plan, x.device))
+        index = session.merge_index(layout, plan, x.device)
+        merge = match_queries(metric, index, similarity_dtype(session.config.similarity_dtype, x.device))
         q_reduced = merge.merge_rows(q)
         q_reduced = q_reduced.view(B, q_reduced.shape[1], attn.num_heads, -1).transpose(1, 2)
         # the output projection is per token, so it runs on the M merged rows before the copy-back (§3.1 note)

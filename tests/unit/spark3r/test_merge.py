@@ -7,7 +7,13 @@ import torch
 
 from spark3r_stream.models.layers import sdpa
 from spark3r_stream.spark3r import Spark3RConfig, make_plan
-from spark3r_stream.spark3r.merge import _max_last, build_merge_index, destination_cells, match_queries
+from spark3r_stream.spark3r.merge import (
+    _max_last,
+    build_merge_index,
+    destination_cells,
+    match_queries,
+    similarity_dtype,
+)
 from spark3r_stream.spark3r.reducer import GlobalReducer, ReductionSession
 from tests.unit.spark3r.conftest import global_positions, make_attention, make_layout, single_layer_targets
 
@@ -89,6 +95,23 @@ def test_sources_pick_their_most_similar_destination():
         assert dst == int(dst_all[sims.argmax()])
 
 
+def test_bfloat16_similarity_picks_a_best_destination_up_to_near_ties():
+    layout = make_layout(40)
+    index = build_merge_index(layout, r_q=4, group_size=20, region=(2, 2), protected_frame=0)
+    metric = torch.randn(1, 40 * layout.tokens_per_frame, 64)
+    exact = match_queries(metric, index)
+    fast = match_queries(metric, index, torch.bfloat16)
+    assert torch.equal(exact.src_tokens, fast.src_tokens)  # every source merges: the same sources
+    unit = torch.nn.functional.normalize(metric[0], dim=-1)
+    cosine = (unit[exact.src_tokens[0]] * unit[exact.dst_tokens[0]]).sum(-1)
+    cosine_fast = (unit[fast.src_tokens[0]] * unit[fast.dst_tokens[0]]).sum(-1)
+    assert (cosine_fast <= cosine + 1e-6).all() and (cosine - cosine_fast).max() < 0.02  # bf16 rounding only
+    assert 0.8 < (exact.dst_tokens == fast.dst_tokens).float().mean() < 1.0  # ties of random features do flip
+    assert similarity_dtype("float32", torch.device("cpu")) is None
+    assert similarity_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert similarity_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
 def test_merged_tokens_receive_identical_outputs():
     layout = make_layout(12)
     attn = make_attention()
@@ -99,7 +122,7 @@ def test_merged_tokens_receive_identical_outputs():
         out = attn(x, pos, layout)
         metric = attn.project(x, pos, "q").transpose(1, 2).flatten(2)
     index = build_merge_index(layout, r_q=3, group_size=5, region=(2, 2), protected_frame=0)
-    merge = match_queries(metric, index)
+    merge = match_queries(metric, index, similarity_dtype("auto", x.device))  # as the reducer matches
     assert merge.src_tokens.shape[1] > 50
     for b in range(2):
         assert torch.equal(out[b, merge.src_tokens[b]], out[b, merge.dst_tokens[b]])
