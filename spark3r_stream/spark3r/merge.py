@@ -218,6 +218,8 @@ def match_queries(metric: torch.Tensor, index: MergeIndex, dtype: torch.dtype | 
     src_feat = metric.index_select(1, index.src.view(-1)).view(B * groups, width, C)
     dtype = dtype or metric.dtype
     sim = torch.bmm(src_feat.to(dtype), dst_feat.to(dtype).transpose(1, 2))  # all groups in one batched matmul
+    if sim.device.type == "cpu" and sim.dtype == torch.bfloat16:
+        sim = sim.float()  # the CPU's row maximum over bf16 is ~4x slower than converting first
     best, best_dst = _max_last(sim)  # [B * groups, width]
     src_flat, dst_flat = index.src.view(-1), index.dst.view(-1)
     if index.all_merged:
