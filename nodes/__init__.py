@@ -131,6 +131,16 @@ def run_main(kind: str, body: Callable[[NodeContext], int], argv: Sequence[str] 
     except Exception:
         log.exception("%s: failed", ctx.name)
         return 1
+    finally:
+        _ignore_stop_signals()
+
+
+def _ignore_stop_signals() -> None:
+    """The node is done and exits: a stop signal now (the launcher's next stage) changes nothing, but Python restores
+    the default, killing, handler while it shuts down, and the node would end as killed by it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def restart_count() -> int:

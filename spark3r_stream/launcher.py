@@ -150,8 +150,8 @@ class Launcher:
     def _say(self, child: _Child, text: str) -> None:
         self._emit(child, f"launcher: {text}")
 
-    def _signal_all(self, signum: int) -> None:
-        for child in self.children:
+    def _signal_all(self, signum: int, children: Sequence[_Child] | None = None) -> None:
+        for child in self.children if children is None else children:
             if child.proc is not None and child.proc.poll() is None:
                 try:
                     os.killpg(child.proc.pid, signum)
@@ -162,7 +162,8 @@ class Launcher:
         return [c for c in self.children if c.proc is not None and c.proc.poll() is None]
 
     def shutdown(self, reason: str) -> None:
-        """SIGINT to every node, wait; SIGTERM, wait; SIGKILL (ROS-launch style escalation)."""
+        """After SIGINT/SIGTERM, capture stops first and the rest finish what it sent (`_finish_captured`); then
+        SIGINT to every node, wait; SIGTERM, wait; SIGKILL (ROS-launch style escalation)."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log.info("launcher: stopping all nodes (%s)", reason)
@@ -171,19 +172,46 @@ class Launcher:
         if self._shut_down:  # once: a second SIGINT means "stop waiting" to a node (NodeLoop), not "stop"
             return
         self._shut_down = True
+        if reason in ("SIGINT", "SIGTERM"):
+            self._finish_captured()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if not self._alive():
                 return
             if signum != signal.SIGINT:
                 names = ", ".join(c.node.name for c in self._alive())
                 log.warning("launcher: %s still running after %.0f s; sending %s", names, self._timeout, signum.name)
-            self._signal_all(signum)
+            if signum == signal.SIGINT and self._stopped_first:
+                # capture has had its SIGINT: a second signal (SIGTERM: no KeyboardInterrupt) ends its wait to
+                # deliver the end-of-stream (NodeLoop)
+                self._signal_all(signal.SIGTERM, self._stopped_first)
+                self._signal_all(signum, [c for c in self.children if c not in self._stopped_first])
+            else:
+                self._signal_all(signum)
             deadline = time.monotonic() + self._timeout
             while self._alive() and time.monotonic() < deadline:
                 try:
                     self._alive()[0].proc.wait(timeout=POLL_S)  # type: ignore[union-attr]
                 except subprocess.TimeoutExpired:
                     pass
+
+    def _finish_captured(self) -> None:
+        """Stop the capture nodes only: each ends its stream, and every other node ends by the end-of-stream once it
+        has handled what was captured (keyframes posed, frames in trajectory.tum: a stopped run keeps everything it
+        captured). Bounded by the shutdown timeout; a second SIGINT skips the wait."""
+        captures = [c for c in self.children if c.node.kind == "capture"]
+        if not captures or any(c.node.entry.remote for c in captures):
+            return  # a remote capture is not ours to stop: every node gets the signal at once
+        log.info("launcher: capture stopped; the other nodes finish what it sent (Ctrl-C again: stop them now)")
+        self._finishing = True
+        self._stopped_first = [c for c in captures if c in self._alive()]
+        self._signal_all(signal.SIGINT, self._stopped_first)
+        deadline = time.monotonic() + self._timeout
+        while self._alive() and time.monotonic() < deadline and self._finishing:
+            try:
+                self._alive()[0].proc.wait(timeout=POLL_S)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                pass
+        self._finishing = False
 
     @property
     def _timeout(self) -> float:
@@ -313,10 +341,14 @@ class Launcher:
 
     _pending_signal: str | None = None
     _shut_down = False
+    _finishing = False  # capture was stopped; the other nodes are finishing what it sent
+    _stopped_first: Sequence[_Child] = ()  # the capture nodes that got their SIGINT first
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._pending_signal or self.stop_reason:
-            if signum == signal.SIGINT:  # second Ctrl-C: stop waiting for a clean exit
+            if signum == signal.SIGINT and self._finishing:  # second Ctrl-C: stop the nodes still finishing
+                self._finishing = False
+            elif signum == signal.SIGINT:  # then: stop waiting for a clean exit
                 self._signal_all(signal.SIGKILL)
             return
         self._pending_signal = signal.Signals(signum).name

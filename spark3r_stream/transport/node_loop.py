@@ -229,6 +229,8 @@ class NodeLoop:
         self._poller = zmq.Poller()
         self._socket_role: dict[zmq.Socket, tuple[str, str]] = {}
         self._stop = False
+        self._give_up = False  # a second signal came: stop waiting to deliver
+        self._delivering = False  # end_stream(deliver=True) is waiting for a receiver
         self._finished = False
         self._old_signals: dict[int, Any] = {}
         self._warned: set[str] = set()
@@ -373,8 +375,10 @@ class NodeLoop:
         self._receiver_respawning = signum == signal.SIGUSR1
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop waiting for anything
+        if self._stop:
+            self._give_up = True  # a second signal: stop waiting to deliver an end-of-stream
+            if signum == signal.SIGINT and not self._delivering:
+                raise KeyboardInterrupt  # second Ctrl-C: stop waiting for anything
         self.stop(signal.Signals(signum).name)
 
     # ------------------------------------------------------------------ registration
@@ -445,6 +449,7 @@ class NodeLoop:
         track: bool = False,
         block: bool | None = None,
         resend: bool = False,
+        despite_stop: bool = False,
     ) -> Any:
         if out.monitor is not None and not resend and not out.is_sending:
             self._read_monitor(out)  # a receiver that came back gets the replay before anything newer
@@ -456,7 +461,7 @@ class NodeLoop:
             block = kind == "lossless"
         out.is_sending = True
         try:
-            sent = self._send_frames(out, frames, block=block, track=track)
+            sent = self._send_frames(out, frames, block=block, track=track, despite_stop=despite_stop)
         finally:
             out.is_sending = False
         if sent is False:
@@ -528,7 +533,11 @@ class NodeLoop:
                 self.name, edge, self.counters[f"replayed.{edge}"], first,
             )  # fmt: skip
 
-    def _send_frames(self, out: _Output, frames: list[Any], *, block: bool, track: bool) -> Any:
+    def _send_frames(
+        self, out: _Output, frames: list[Any], *, block: bool, track: bool, despite_stop: bool = False
+    ) -> Any:
+        """Send one message; `block` waits for the receiver (waking for signals), until a stop unless
+        `despite_stop` (then until a second signal)."""
         sock = out.socket
         waited = False
         while True:
@@ -536,7 +545,7 @@ class NodeLoop:
                 tracker = sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False, track=track)
                 return tracker if track else True
             except zmq.Again:
-                if not block or self._stop:
+                if not block or (self._stop and not despite_stop) or self._give_up:
                     return False
             if not waited:
                 self.counters[f"send_waits.{out.endpoint.edge}"] += 1
@@ -547,15 +556,21 @@ class NodeLoop:
                 sock.poll(self.poll_ms, zmq.POLLOUT)  # backpressure: wait for the receiver, waking for signals
             self._tick()
 
-    def end_stream(self) -> None:
-        """Send EndOfStream(num_sent) on every output (once). Blocks on lossless edges unless stopping."""
+    def end_stream(self, deliver: bool = False) -> None:
+        """Send EndOfStream(num_sent) on every output (once). Blocks on lossless edges unless stopping; `deliver`
+        blocks on every edge, stopping or not (a second signal ends the wait)."""
         for out in self._outputs.values():
             if out.eos_sent:
                 continue
             if out.monitor is not None:
                 self._await_returning_receiver(out)
             eos = EndOfStream(node=self.name, num_sent=out.num_sent)
-            out.eos_sent = self._send_on(out, eos, "end_of_stream", block=not self._stop) is not False
+            self._delivering = deliver
+            try:
+                sent = self._send_on(out, eos, "end_of_stream", block=deliver or not self._stop, despite_stop=deliver)
+            finally:
+                self._delivering = False
+            out.eos_sent = sent is not False
             if not out.eos_sent:
                 log.warning("%s: end-of-stream on %r could not be sent (no receiver)", self.name, out.endpoint.edge)
             else:
@@ -605,7 +620,9 @@ class NodeLoop:
             self._stop = True  # no blocking any more: tell downstream what was sent, as far as it can take it
             self.end_stream()
             raise
-        self.end_stream()  # after a signal or stop(): downstream still learns num_sent
+        # after a signal or stop() too: downstream learns num_sent; a source's end-of-stream is delivered, so that the
+        # other nodes finish what it sent (the launcher stops capture first, issue 16)
+        self.end_stream(deliver=source is not None)
         return 0
 
     def poll_once(self, timeout_ms: int | None = None) -> int:

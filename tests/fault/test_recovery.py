@@ -148,9 +148,9 @@ def test_killed_node_without_respawn_fails_naming_what_is_missing(tmp_path, node
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_writes_outputs_and_the_books_balance(tmp_path, signum):
     out = tmp_path / "out"
-    run = start(out, "capture.rate=8")  # frames still coming when the signal arrives
+    run = start(out, "capture.rate=0.1")  # 16 s of frames: still coming when the signal arrives
     try:
-        run.wait_for("global_map: window 1:")
+        run.wait_for("global_map: window 0:")
         run.proc.send_signal(signum)
         code = finish(run)
     finally:
@@ -163,6 +163,10 @@ def test_signal_writes_outputs_and_the_books_balance(tmp_path, signum):
     parts = ("frames_received", "frames_stale_dropped", "frames_lost", "frames_dropped", "frames_unprocessed_at_stop")
     assert acc["frames_captured"] == sum(acc[k] for k in parts), acc
     assert acc["frames_unaccounted"] == 0
+    # capture stops first and the rest finish what it sent: every captured frame is posed, nothing is missing
+    assert acc["frames_unprocessed_at_stop"] == 0 and not report["pipeline"].get("problems"), report["pipeline"]
+    assert acc["frames_posed"] == acc["frames_received"] and acc["keyframes_posed"] == acc["keyframes_sent"], acc
+    assert 0 < acc["frames_captured"] < FRAMES, acc  # the signal stopped capture mid-stream
     for name in ("trajectory.tum", "trajectory_keyframes.tum", "map.ply", "groundtruth.tum"):
         assert (out / name).is_file(), name
     assert trajectory_lines(out / "trajectory.tum") == acc["frames_posed"] > 0
