@@ -284,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=120, help="rendered views, played forwards and backwards")
     parser.add_argument("--out", help="keep the run's outputs here (default: a temporary folder)")
     parser.add_argument("--set", action="append", default=[], help="launch-file override, as spark3r launch --set")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--no-save", action="store_true", help="print only (default: benchmarks/results/live_stream.md)"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     figures = live_stream_figures(
         args.seconds,
         args.fps,
@@ -295,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides=args.set,
     )
     print(json.dumps(figures, indent=2))
+    if not args.no_save:
+        from benchmarks.bench_attention import header, write_results
+        from benchmarks.bench_streaming import live_table
+
+        argv_used = sys.argv[1:] if argv is None else list(argv)
+        path = write_results("live_stream", header("live_stream", argv_used), live_table(figures), {"live": figures})
+        print(f"wrote {path}")
     return 0
 
 
