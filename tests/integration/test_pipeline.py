@@ -18,11 +18,11 @@ from tests.integration.conftest import read_report, spark3r, tum_rows
 pytestmark = pytest.mark.integration
 
 NUM_FRAMES = 40
-# The shipped vggt-tiny with the back end scores ATE/extent 0.077 and 0.20x the constant trajectory's ATE on this
-# 40-frame demo (session 7); the bounds leave a margin. A degenerate estimate (every camera at one point) scores
-# exactly the constant-trajectory ATE (1.0x) and fails the second bound.
-ATE_OVER_EXTENT_BOUND = 0.2
-ATE_OVER_CONSTANT_BOUND = 0.5
+# The shipped vggt-tiny (step 10,750) with the back end scores ATE/extent 0.025 and 0.07x the constant trajectory's
+# ATE on this 40-frame demo (session 11); the bounds leave a 3x margin. A degenerate estimate (every camera at one
+# point) scores exactly the constant-trajectory ATE (1.0x) and fails the second bound.
+ATE_OVER_EXTENT_BOUND = 0.08
+ATE_OVER_CONSTANT_BOUND = 0.25
 
 
 @pytest.fixture(scope="module")
