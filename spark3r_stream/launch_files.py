@@ -6,7 +6,7 @@ A launch file (YAML; `preset:` names a base such as configs/pipeline.yaml) holds
 
     description: what it runs
     transport: ipc | tcp          # default addresses of the edges (ipc://<run dir>/<edge>, tcp://127.0.0.1:<port>)
-    shutdown_timeout_s: 10        # after SIGINT, before SIGTERM (and as long again before SIGKILL)
+    shutdown_timeout_s: 10        # Ctrl-C: the finish after capture stops, then SIGINT, SIGTERM, SIGKILL apart
     vars: {gpu_host: 127.0.0.1}   # `${name}` in any string below; `--set vars.gpu_host=10.0.0.5`
     allow_insecure_remote: false  # true: every endpoint may reach beyond loopback without CURVE (trusted LAN only)
     edges: {frames: {kind: latest}}                  # both ends of an edge
