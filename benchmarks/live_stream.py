@@ -287,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-save", action="store_true", help="print only (default: benchmarks/results/live_stream.md)"
     )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
     figures = live_stream_figures(
         args.seconds,
         args.fps,
@@ -302,8 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.bench_attention import header, write_results
         from benchmarks.bench_streaming import live_table
 
-        argv_used = sys.argv[1:] if argv is None else list(argv)
-        path = write_results("live_stream", header("live_stream", argv_used), live_table(figures), {"live": figures})
+        path = write_results("live_stream", header("live_stream", argv), live_table(figures), {"live": figures})
         print(f"wrote {path}")
     return 0
 

@@ -57,7 +57,8 @@ class Stage:
     first-to-last motion lies in its range. `mix` replaces these by several clip lengths in every step (one batch
     each, gradients accumulated): trained on one length at a time, the model traded the other lengths away (session
     10). `matching_only` trains the backbone on the correspondence auxiliary alone (the heads are not run): cross-view
-    matching forms first, before the camera loss can settle on the mean pose without it. `freeze_backbone` trains the heads alone on a fixed aggregator. Every stage re-warms its peak `lr`.
+    matching forms first, before the camera loss can settle on the mean pose without it. `freeze_backbone` trains the
+    heads alone on a fixed aggregator. Every stage re-warms its peak `lr`.
     """
 
     start_step: int
@@ -82,6 +83,11 @@ class Stage:
     def batches(self) -> tuple[Clips, ...]:
         """The batches of one step."""
         return self.mix or (Clips(self.clip_len, self.num_clips, self.gaps, self.motion),)
+
+    @property
+    def clip_lengths(self) -> str:
+        """The clip length of each batch, "2+8+16" (the log's `clip_len`)."""
+        return "+".join(str(clips.length) for clips in self.batches)
 
 
 # What the pose stages train on (research/tiny_model_training.md, study 2): visible motion, no forward paths.
@@ -267,10 +273,9 @@ def batch_step(
     clips: Clips,
     stage: Stage,
     cfg: TrainConfig,
-    num_batches: int,
 ) -> dict[str, float]:
-    """Draw one batch of `clips`, run the stage's losses and back-propagate their weighted sum ÷ `num_batches` (one
-    of the step's batches); returns the loss terms and the weighted sum ("total")."""
+    """Draw one batch of `clips`, run the stage's losses and back-propagate their weighted sum ÷ the stage's number of
+    batches (one of its step's batches); returns the loss terms and the weighted sum ("total")."""
     batch = make_batch(pool, rng, clips.num, clips.length, clips.gaps, clips.motion)
     num_dense = max(1, round(clips.length * cfg.dense_fraction))
     dense_frames = (
@@ -280,7 +285,7 @@ def batch_step(
     )
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         losses, total = training_losses(model, aux, batch, stage, cfg, dense_frames)
-    (total / num_batches).backward()
+    (total / len(stage.batches)).backward()
     return {k: v.item() for k, v in losses.items()} | {"total": total.item()}
 
 
@@ -380,7 +385,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
             optimizer.zero_grad(set_to_none=True)
             record: dict[str, float] = {}  # the step's losses, averaged over its batches
             for clips in stage.batches:  # gradients of every batch accumulated into one step
-                batch_losses = batch_step(model, aux, pool, rng, clips, stage, cfg, len(stage.batches))
+                batch_losses = batch_step(model, aux, pool, rng, clips, stage, cfg)
                 for k, v in batch_losses.items():
                     record[k] = record.get(k, 0.0) + v / len(stage.batches)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -394,7 +399,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 entry = {
                     "step": step,
                     "lr": lr,
-                    "clip_len": "+".join(str(c.length) for c in stage.batches),
+                    "clip_len": stage.clip_lengths,
                     "step_s": round(time.perf_counter() - t0, 3),
                 }
                 log_file.write(json.dumps(entry | record | ratios(running)) + "\n")
@@ -403,7 +408,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, max_minutes: float | None = 
                 log.info(
                     "step %d clips %s lr %.2e %s",
                     step,
-                    "+".join(str(c.length) for c in stage.batches),
+                    stage.clip_lengths,
                     lr,
                     " ".join(f"{k} {v:.4f}" for k, v in (running | ratios(running)).items()),
                 )

@@ -449,7 +449,6 @@ class NodeLoop:
         track: bool = False,
         block: bool | None = None,
         resend: bool = False,
-        despite_stop: bool = False,
     ) -> Any:
         if out.monitor is not None and not resend and not out.is_sending:
             self._read_monitor(out)  # a receiver that came back gets the replay before anything newer
@@ -461,7 +460,7 @@ class NodeLoop:
             block = kind == "lossless"
         out.is_sending = True
         try:
-            sent = self._send_frames(out, frames, block=block, track=track, despite_stop=despite_stop)
+            sent = self._send_frames(out, frames, block=block, track=track)
         finally:
             out.is_sending = False
         if sent is False:
@@ -533,11 +532,9 @@ class NodeLoop:
                 self.name, edge, self.counters[f"replayed.{edge}"], first,
             )  # fmt: skip
 
-    def _send_frames(
-        self, out: _Output, frames: list[Any], *, block: bool, track: bool, despite_stop: bool = False
-    ) -> Any:
-        """Send one message; `block` waits for the receiver (waking for signals), until a stop unless
-        `despite_stop` (then until a second signal)."""
+    def _send_frames(self, out: _Output, frames: list[Any], *, block: bool, track: bool) -> Any:
+        """Send one message; `block` waits for the receiver (waking for signals), until a stop, or while delivering
+        an end-of-stream (`end_stream(deliver=True)`) until a second signal."""
         sock = out.socket
         waited = False
         while True:
@@ -545,7 +542,7 @@ class NodeLoop:
                 tracker = sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False, track=track)
                 return tracker if track else True
             except zmq.Again:
-                if not block or (self._stop and not despite_stop) or self._give_up:
+                if not block or (self._stop and not self._delivering) or self._give_up:
                     return False
             if not waited:
                 self.counters[f"send_waits.{out.endpoint.edge}"] += 1
@@ -567,7 +564,7 @@ class NodeLoop:
             eos = EndOfStream(node=self.name, num_sent=out.num_sent)
             self._delivering = deliver
             try:
-                sent = self._send_on(out, eos, "end_of_stream", block=deliver or not self._stop, despite_stop=deliver)
+                sent = self._send_on(out, eos, "end_of_stream", block=deliver or not self._stop)
             finally:
                 self._delivering = False
             out.eos_sent = sent is not False
