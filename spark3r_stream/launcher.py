@@ -174,6 +174,7 @@ class Launcher:
         self._shut_down = True
         if reason in ("SIGINT", "SIGTERM"):
             self._finish_captured()
+        self._finish_over = True
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if not self._alive():
                 return
@@ -201,17 +202,15 @@ class Launcher:
         captures = [c for c in self.children if c.node.kind == "capture"]
         if not captures or any(c.node.entry.remote for c in captures):
             return  # a remote capture is not ours to stop: every node gets the signal at once
-        log.info("launcher: capture stopped; the other nodes finish what it sent (Ctrl-C again: stop them now)")
-        self._finishing = True
         self._stopped_first = [c for c in captures if c in self._alive()]
         self._signal_all(signal.SIGINT, self._stopped_first)
+        log.info("launcher: capture stopped; the other nodes finish what it sent (Ctrl-C again: stop them now)")
         deadline = time.monotonic() + self._timeout
-        while self._alive() and time.monotonic() < deadline and self._finishing:
+        while self._alive() and time.monotonic() < deadline and not self._hurry:
             try:
                 self._alive()[0].proc.wait(timeout=POLL_S)  # type: ignore[union-attr]
             except subprocess.TimeoutExpired:
                 pass
-        self._finishing = False
 
     @property
     def _timeout(self) -> float:
@@ -341,17 +340,18 @@ class Launcher:
 
     _pending_signal: str | None = None
     _shut_down = False
-    _finishing = False  # capture was stopped; the other nodes are finishing what it sent
+    _hurry = False  # a second Ctrl-C: the nodes stop now instead of finishing what capture sent
+    _finish_over = False  # that finish has ended (or was never started): a further Ctrl-C kills
     _stopped_first: Sequence[_Child] = ()  # the capture nodes that got their SIGINT first
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._pending_signal or self.stop_reason:
-            if signum == signal.SIGINT and self._finishing:  # second Ctrl-C: stop the nodes still finishing
-                self._finishing = False
-            elif signum == signal.SIGINT:  # then: stop waiting for a clean exit
-                self._signal_all(signal.SIGKILL)
-            return
-        self._pending_signal = signal.Signals(signum).name
+        if not (self._pending_signal or self.stop_reason):
+            self._pending_signal = signal.Signals(signum).name
+        elif signum == signal.SIGINT and not self._finish_over:
+            # a flag, not an action: the finish may not have started yet (the first signal is still pending)
+            self._hurry = True
+        elif signum == signal.SIGINT:  # stop waiting for a clean exit
+            self._signal_all(signal.SIGKILL)
 
     # ------------------------------------------------------------------ report
     def write_report(self, status: int) -> int:

@@ -154,10 +154,9 @@ class WindowReconstructor:
                 f"keyframe {keyframe_id}: {len(self.images)} keyframes stored already (max_stored_keyframes)",
                 "store_full",
             )
-        # channel-first and contiguous: stacking 1,000 channels-last views copies element by element (seconds)
-        self.images[keyframe_id] = (
-            torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().float() / 255.0
-        )
+        # channel-first and contiguous: stacking 1,000 channels-last views copies element by element (seconds);
+        # torch.tensor copies, as a message's read-only buffer needs
+        self.images[keyframe_id] = torch.tensor(image).permute(2, 0, 1).contiguous().float() / 255.0
 
     def forget(self, keep: set[int]) -> None:
         """Drop stored images and cached encodings of keyframes outside `keep` (memory bounded by the window)."""

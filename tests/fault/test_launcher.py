@@ -61,6 +61,23 @@ def test_non_loopback_bind_must_be_explicit(tmp_path):
         Launcher(spec, source, tmp_path / "out")
 
 
+def test_a_double_ctrl_c_hurries_the_finish_even_before_it_began(tmp_path, monkeypatch):
+    """Both SIGINTs can arrive before the launcher's loop has begun the finish: the second must still mean "stop
+    the nodes now" (a flag the finish reads), not SIGKILL, which would lose fusion's outputs; only a third kills."""
+    from spark3r_stream.launcher import Launcher
+
+    launcher = Launcher(*load_launch_file("demo"), tmp_path / "out")
+    killed = []
+    monkeypatch.setattr(launcher, "_signal_all", lambda signum, children=None: killed.append(signum))
+    launcher._on_signal(signal.SIGINT, None)
+    assert launcher._pending_signal == "SIGINT" and not launcher._hurry
+    launcher._on_signal(signal.SIGINT, None)
+    assert launcher._hurry and not killed
+    launcher._finish_over = True
+    launcher._on_signal(signal.SIGINT, None)
+    assert killed == [signal.SIGKILL]
+
+
 def test_bad_node_param_stops_the_run_naming_file_and_key(tmp_path):
     out = tmp_path / "out"
     result = spark3r("launch", "demo", "--out", str(out), "--set", "keyframes.selector.parallax=0.1", "--set", RANDOM)
