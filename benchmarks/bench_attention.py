@@ -120,6 +120,39 @@ def layer_flops(N: int, M: int, Nk: int, C: int) -> dict[str, float]:
     return {"dense": dense, "spark3r": spark, "core_dense": 4 * N * N * C, "core_spark3r": 4 * M * Nk * C}
 
 
+_compile_stats = {"seconds": float("nan"), "max_change": float("nan")}
+COMPILE_NOTE = (
+    "first compile {seconds:.1f} s in this process (warm inductor cache or not), output change against eager "
+    "{max_change:.1e} (max abs).\n"
+)
+
+
+def compiled_q_path(attn, pos: torch.Tensor):
+    """x -> q rows [1, N, heads, d] as `Attention.project_rows(x, pos, "q")`, with q-norm + RoPE compiled."""
+    import torch.nn.functional as F
+
+    from spark3r_stream.models.layers.rope import rotate
+
+    dim = attn.num_heads * attn.head_dim
+    weight = attn.qkv.weight[:dim]
+    bias = None if attn.qkv.bias is None else attn.qkv.bias[:dim]
+    cos, sin = attn.rope.token_tables(pos, attn.head_dim, torch.float32)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    finish = torch.compile(lambda t, cos, sin: rotate(attn.q_norm(t), cos, sin), dynamic=True)
+
+    def q_rows(x: torch.Tensor) -> torch.Tensor:
+        return finish(F.linear(x, weight, bias).view(1, x.shape[1], attn.num_heads, attn.head_dim), cos, sin)
+
+    x = torch.randn(1, pos.shape[1], dim)
+    start = time.perf_counter()
+    compiled = q_rows(x)
+    if _compile_stats["seconds"] != _compile_stats["seconds"]:  # nan: the first compile of this process
+        _compile_stats["seconds"] = time.perf_counter() - start
+    (eager,) = attn.project_rows(x, pos, "q")
+    _compile_stats["max_change"] = float((compiled - eager).abs().max())
+    return q_rows
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="bench_attention", description=__doc__.split("\n")[0])
@@ -225,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                     phases["merge_ms"] = (merge.merge_rows, metric)  # token-major rows, as the reducer merges
                     row["match_gflop"] = 2 * float((index.src_valid.sum(-1) * index.dst_valid.sum(-1)).sum()) * C / 1e9
                 phases["sdpa_ms"] = (sdpa, q_reduced, k, v)
+                if not args.quick:
+                    phases["q_proj_compiled_ms"] = (compiled_q_path(attn, pos), x)
                 for name, (fn, *fn_args) in phases.items():
                     fn(*fn_args)
                     row[name] = median_time_s(fn, args.repeats, *fn_args) * 1e3
@@ -259,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         ("merge_ms", "query merge (ms)"),
         ("sdpa_ms", "SDPA M×keys (ms)"),
         ("match_pct", "matching share (%)"),
+        ("q_proj_compiled_ms", "q path with norm + RoPE by torch.compile (ms)"),
     ]
     markdown = (
         machine_load_note(load_start)
@@ -278,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         + table(rows, columns)
         + "\n## Where a Spark3R layer's time goes (each phase timed alone; the rest is output projection + copy-back)\n\n"
         + table(rows, phase_columns)
+        + "\nThe last column is the q path with q-norm and RoPE fused by `torch.compile` (dynamic shapes, inductor), "
+        "measured beside the product's eager path and not used by it: " + COMPILE_NOTE.format(**_compile_stats)
     )
     if not args.quick:
         write_results(args.name, header("bench_attention", argv), markdown, {"rows": rows})

@@ -94,8 +94,13 @@ class RotaryEmbedding2D(nn.Module):
         assert D % 4 == 0, f"2-D RoPE needs a head dim divisible by 4, got {D}"
         cos, sin = self.token_tables(positions, D, x.dtype)
         cos, sin = (cos.unsqueeze(2), sin.unsqueeze(2)) if token_major else (cos.unsqueeze(1), sin.unsqueeze(1))
-        # quarters (a1, b1, a2, b2) -> (b1, a1, b2, a2); the sign of rotate-half lives in `sin`
-        swapped = x.unflatten(-1, (2, 2, D // 4)).flip(-2).flatten(-3)  # flip: the same copy as roll(1), ~1/3 faster
-        out = x.mul_(cos) if inplace else x * cos
-        out += swapped.mul_(sin)
-        return out
+        return rotate(x, cos, sin, inplace=inplace)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """x * cos + swap_quarters(x) * sin, with `token_tables`' signed sine: RoPE on x [..., D] given its tables."""
+    # quarters (a1, b1, a2, b2) -> (b1, a1, b2, a2); the sign of rotate-half lives in `sin`
+    swapped = x.unflatten(-1, (2, 2, x.shape[-1] // 4)).flip(-2).flatten(-3)  # flip: the copy of roll(1), ~1/3 faster
+    out = x.mul_(cos) if inplace else x * cos
+    out += swapped.mul_(sin)
+    return out
