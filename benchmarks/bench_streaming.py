@@ -10,7 +10,7 @@ reports are written on the way out. Lag is measured from the keyframes node's wa
 keyframe to the reconstruction node's wall time when the first run holding it ended (same machine, same clock);
 fusion's per-window time is reported beside it. A keyframe no run posed before the cap counts in `unposed`.
 
-`--live`: when benchmarks/live_stream.py exists, its `live_stream_figures(...)` (a live MJPEG stream through
+`--live`: benchmarks/live_stream.py's `live_stream_figures(...)` (a live MJPEG stream through
 launch/live_camera.yaml: frames offered / processed / dropped stale, lag) is called and its figures are tabled.
 Then one window of --window-run keyframes alone in this process (2 torch threads): the issue's target run.
 `--quick` (CI smoke run): a few seconds of stream per setting, windows of 16, no result files.
@@ -19,8 +19,6 @@ Then one window of --window-run keyframes alone in this process (2 torch threads
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import os
 import re
@@ -179,18 +177,11 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def live_figures(args: argparse.Namespace, work: Path) -> dict[str, Any] | None:
-    """benchmarks/live_stream.py's figures when it exists (another part of issue 16), else None."""
-    try:
-        module = importlib.import_module("benchmarks.live_stream")
-    except ModuleNotFoundError as exc:
-        if exc.name != "benchmarks.live_stream":
-            raise
-        print("--live: benchmarks/live_stream.py does not exist yet; no live figures", flush=True)
-        return None
-    offered = {"out": work / "live", "quick": args.quick}
-    accepted = inspect.signature(module.live_stream_figures).parameters
-    return module.live_stream_figures(**{k: v for k, v in offered.items() if k in accepted})
+def live_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """benchmarks/live_stream.py's figures (its CI smoke run with --quick)."""
+    from benchmarks.live_stream import live_stream_figures
+
+    return live_stream_figures(out=work / "live", quick=args.quick)
 
 
 def window_run(num_keyframes: int, threads: int, stride: int = 4) -> dict[str, Any]:
@@ -372,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--dense-cap-s", type=float, default=480.0, help="stop the dense run after this many seconds")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--live", action="store_true", help="add benchmarks/live_stream.py's figures, if it exists")
+    parser.add_argument("--live", action="store_true", help="add benchmarks/live_stream.py's figures")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: short streams, no result files")
     parser.add_argument("--window-run", type=int, default=1000, help="time one window of this size alone (0: skip)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for that window run")

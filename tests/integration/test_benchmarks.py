@@ -152,7 +152,7 @@ def test_bench_streaming_quick_poses_every_frame_with_spark3r_and_dense(capsys):
 
 
 def test_bench_streaming_tables_the_live_stream_figures(monkeypatch, tmp_path):
-    """--live calls benchmarks/live_stream.py's live_stream_figures with the arguments it takes."""
+    """--live calls benchmarks/live_stream.py's live_stream_figures (with quick for --quick) and tables them."""
     import argparse
     import sys
     import types
