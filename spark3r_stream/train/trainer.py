@@ -105,13 +105,13 @@ class TrainConfig:
     tie_global_qk: bool = True
     # the matching auxiliary (train/losses.py): MatchingHead ("matching") or CorrespondenceHead ("regression")
     correspondence_head: Literal["matching", "regression"] = "matching"
-    total_steps: int = 12_750
+    total_steps: int = 12_500
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95: moments follow a change of the loss set within ~20 steps
     warmup_steps: int = 100
     # cosine decay to 5 % of the stage's peak inside each (start, end) window; constant peak outside (the run was
     # extended in parts: each part ends decayed, so that its last checkpoint is a candidate to ship)
-    decay_windows: tuple[tuple[int, int], ...] = ((6_750, 9_000), (9_750, 10_750), (11_750, 12_750))
+    decay_windows: tuple[tuple[int, int], ...] = ((6_750, 9_000), (9_750, 10_750), (11_500, 12_500))
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
     depth_weight: float = 1.0
