@@ -97,6 +97,17 @@ POSE_PAIRS = Stage(
     start_step=0, clip_len=2, num_clips=24, gaps=(2, 4), turn_deg=(2.0, 8.0), paths=POSE_PATHS, motion=POSE_MOTION
 )
 
+# The demo's windows hold 16-64 keyframes. A stage of 16-frame clips alone (session 10) bought 16-frame rotation at
+# the cost of pairs and depth: pairs, 8 and 16 frames in every step instead.
+MIXED_CLIPS = Stage(
+    start_step=9_000,
+    turn_deg=(2.0, 6.0),
+    paths=POSE_PATHS,
+    lr=3e-4,
+    correspondence_weight=2.0,
+    mix=(Clips(2, 12, (2, 4), POSE_MOTION), Clips(8, 3, (1, 2)), Clips(16, 2, (1, 1))),
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -148,25 +159,9 @@ class TrainConfig:
             lr=3e-4,
             correspondence_weight=2.0,
         ),
-        # The demo's windows hold 16-64 keyframes. A stage of 16-frame clips alone (session 10) bought 16-frame
-        # rotation at the cost of pairs and depth: pairs, 8 and 16 frames in every step instead.
-        Stage(
-            start_step=9_000,
-            turn_deg=(2.0, 6.0),
-            paths=POSE_PATHS,
-            lr=3e-4,
-            correspondence_weight=2.0,
-            mix=(Clips(2, 12, (2, 4), POSE_MOTION), Clips(8, 3, (1, 2)), Clips(16, 2, (1, 1))),
-        ),
+        MIXED_CLIPS,
         # The same mix again, re-warmed from the decayed step 10,750, with more pairs (the farthest target).
-        Stage(
-            start_step=10_750,
-            turn_deg=(2.0, 6.0),
-            paths=POSE_PATHS,
-            lr=3e-4,
-            correspondence_weight=2.0,
-            mix=(Clips(2, 16, (2, 4), POSE_MOTION), Clips(8, 3, (1, 2)), Clips(16, 2, (1, 1))),
-        ),
+        replace(MIXED_CLIPS, start_step=10_750, mix=(Clips(2, 16, (2, 4), POSE_MOTION), *MIXED_CLIPS.mix[1:])),
     )
     pool_size: int = 128
     pool_frames: int = 24
