@@ -22,6 +22,7 @@ from spark3r_stream.train.trainer import (
     ratios,
     stage_at,
     train,
+    training_losses,
 )
 
 
@@ -111,6 +112,22 @@ def test_schedule_warms_up_at_every_stage_holds_and_decays():
     assert learning_rate(cfg, 610, warm_from=600) == pytest.approx(3.3e-5)  # re-warm-up after a resume
     preset = TRAIN_PRESETS["vggt-tiny"]
     assert [stage_at(preset, s.start_step) for s in preset.curriculum] == list(preset.curriculum)
+
+
+def test_a_stage_depth_weight_replaces_the_configs():
+    from spark3r_stream.train.losses import MatchingHead
+
+    torch.manual_seed(0)
+    model = build_model("vggt-tiny", random_weights=True)
+    pool = ScenePool(size=1, frames=4, image_size=model.config.img_size, first_seed=5, step_m=0.1, turn_deg=3.0)
+    batch = make_batch(pool, np.random.default_rng(0), num_clips=1, clip_len=2, gaps=(1, 1))
+    aux = MatchingHead(2 * model.config.embed_dim, (8, 8), model.config.patch_size)
+    cfg = TrainConfig(depth_weight=1.0)
+    with torch.no_grad():
+        losses, total = training_losses(model, aux, batch, Stage(start_step=0), cfg)
+        _, doubled = training_losses(model, aux, batch, Stage(start_step=0, depth_weight=2.0), cfg)
+    assert losses["depth"] > 0
+    torch.testing.assert_close(doubled - total, losses["depth"])
 
 
 def test_training_checkpoints_and_resumes(tmp_path):
