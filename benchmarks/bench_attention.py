@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -146,7 +147,7 @@ def compiled_q_path(attn, pos: torch.Tensor):
     x = torch.randn(1, pos.shape[1], dim)
     start = time.perf_counter()
     compiled = q_rows(x)
-    if _compile_stats["seconds"] != _compile_stats["seconds"]:  # nan: the first compile of this process
+    if math.isnan(_compile_stats["seconds"]):  # the first compile of this process
         _compile_stats["seconds"] = time.perf_counter() - start
     (eager,) = attn.project_rows(x, pos, "q")
     _compile_stats["max_change"] = float((compiled - eager).abs().max())
