@@ -249,6 +249,9 @@ def test_pick_scores_the_shipped_weights(capsys):
     from spark3r_stream.train import pick
 
     weights = str(Path(spark3r_stream.models.__file__).parent / "weights" / "vggt-tiny.safetensors")
-    assert pick.main([weights, "--pairs", "2", "--sequences", "1", "--frames", "4"]) == 0
-    row = capsys.readouterr().out.splitlines()[-1].split("|")
-    assert row[1].strip() == weights and all(float(cell) > 0 for cell in row[2:-1])
+    real = "synth:seed=900123,frames=4"  # any `spark3r eval` spec with ground truth, as the real folders
+    assert pick.main([weights, "--pairs", "2", "--sequences", "1", "--frames", "4", "--real", real]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("real sequences: 1; constant depth AbsRel") and "real: AbsRel" in out[1]
+    row = out[-1].split("|")
+    assert row[1].strip() == weights and len(row) == 10 and all(float(cell) > 0 for cell in row[2:-1])
