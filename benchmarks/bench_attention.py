@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import statistics
@@ -121,15 +120,9 @@ def layer_flops(N: int, M: int, Nk: int, C: int) -> dict[str, float]:
     return {"dense": dense, "spark3r": spark, "core_dense": 4 * N * N * C, "core_spark3r": 4 * M * Nk * C}
 
 
-_compile_stats = {"seconds": float("nan"), "max_change": float("nan")}
-COMPILE_NOTE = (
-    "first compile {seconds:.1f} s in this process (warm inductor cache or not), output change against eager "
-    "{max_change:.1e} (max abs).\n"
-)
-
-
 def compiled_q_path(attn, pos: torch.Tensor):
-    """x -> q rows [1, N, heads, d] as `Attention.project_rows(x, pos, "q")`, with q-norm + RoPE compiled."""
+    """x -> q rows [1, N, heads, d] as `Attention.project_rows(x, pos, "q")`, with q-norm + RoPE compiled; also
+    the first call's time (the compile, or a recompile-free call) and the output change against eager (max abs)."""
     import torch.nn.functional as F
 
     from spark3r_stream.models.layers.rope import rotate
@@ -147,11 +140,22 @@ def compiled_q_path(attn, pos: torch.Tensor):
     x = torch.randn(1, pos.shape[1], dim)
     start = time.perf_counter()
     compiled = q_rows(x)
-    if math.isnan(_compile_stats["seconds"]):  # the first compile of this process
-        _compile_stats["seconds"] = time.perf_counter() - start
+    first_call_s = time.perf_counter() - start
     (eager,) = attn.project_rows(x, pos, "q")
-    _compile_stats["max_change"] = float((compiled - eager).abs().max())
-    return q_rows
+    return q_rows, first_call_s, float((compiled - eager).abs().max())
+
+
+def compile_note(rows: list[dict[str, Any]]) -> str:
+    """The line under the phase table on its last column (none in a --quick run, which compiles nothing)."""
+    if "q_compile_first_call_s" not in rows[0]:
+        return ""
+    first_compile_s = rows[0]["q_compile_first_call_s"]
+    change = max(row["q_compiled_change"] for row in rows)
+    return (
+        "\nThe last column is the q path with q-norm and RoPE fused by `torch.compile` (dynamic shapes, inductor), "
+        f"measured beside the product's eager path and not used by it: first compile {first_compile_s:.1f} s in this "
+        f"process (warm inductor cache or not), output change against eager {change:.1e} (max abs).\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["match_gflop"] = 2 * float((index.src_valid.sum(-1) * index.dst_valid.sum(-1)).sum()) * C / 1e9
                 phases["sdpa_ms"] = (sdpa, q_reduced, k, v)
                 if not args.quick:
-                    phases["q_proj_compiled_ms"] = (compiled_q_path(attn, pos), x)
+                    q_rows, row["q_compile_first_call_s"], row["q_compiled_change"] = compiled_q_path(attn, pos)
+                    phases["q_proj_compiled_ms"] = (q_rows, x)
                 for name, (fn, *fn_args) in phases.items():
                     fn(*fn_args)
                     row[name] = median_time_s(fn, args.repeats, *fn_args) * 1e3
@@ -315,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         + table(rows, columns)
         + "\n## Where a Spark3R layer's time goes (each phase timed alone; the rest is output projection + copy-back)\n\n"
         + table(rows, phase_columns)
-        + "\nThe last column is the q path with q-norm and RoPE fused by `torch.compile` (dynamic shapes, inductor), "
-        "measured beside the product's eager path and not used by it: " + COMPILE_NOTE.format(**_compile_stats)
+        + compile_note(rows)
     )
     if not args.quick:
         write_results(args.name, header("bench_attention", argv), markdown, {"rows": rows})

@@ -26,6 +26,7 @@ from spark3r_stream.eval.model_eval import (
     held_out_pair_errors,
     held_out_sequences,
     load_sequence,
+    summarize,
 )
 from spark3r_stream.models.registry import get_preset
 
@@ -66,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     real = [load_sequence(spec, get_preset("vggt-tiny").input_size) for spec in args.real]
     if real:
-        baselines = [row for sequence in real for row in baseline_rows(sequence)]
-        constant = np.mean([r["depth_abs_rel_median"] for r in baselines if r["method"] == "constant-depth"])
-        identity = np.mean([r["mean_relative_rotation_error_deg"] for r in baselines if r["method"] == "identity"])
+        means = {row["method"]: row for row in summarize([row for seq in real for row in baseline_rows(seq)])}
+        constant = means["constant-depth"]["depth_abs_rel_median"]
+        identity = means["identity"]["mean_relative_rotation_error_deg"]
         print(f"real sequences: {len(real)}; constant depth AbsRel {constant:.3f}, identity rotation {identity:.2f}°")
     real_columns = " real: AbsRel | real: rotation (°) |" if real else ""
     print(
