@@ -102,8 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset not in TRAIN_PRESETS:
         raise Spark3RError(f"train preset {args.preset!r}: unknown; choose one of {', '.join(TRAIN_PRESETS)}")
     if args.ship:
-        target = ship_weights(Path(args.ship), args.preset)
-        print(f"shipped {args.ship} as {target} (float16)")
+        target = ship_weights([Path(path) for path in args.ship], args.preset)
+        what = args.ship[0] if len(args.ship) == 1 else f"the average of {', '.join(args.ship)}"
+        print(f"shipped {what} as {target} (float16)")
         return 0
     overrides = {
         k: v
@@ -259,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--threads", type=int, help="torch threads (default: the preset's, 2)")
     p.add_argument(
-        "--ship", metavar="WEIGHTS", help="copy trained weights.safetensors into the package (float16), then exit"
+        "--ship",
+        nargs="+",
+        metavar="WEIGHTS",
+        help="copy trained weights.safetensors (several: their average) into the package (float16), then exit",
     )
     p.set_defaults(func=cmd_train)
 

@@ -9,6 +9,8 @@ Pause training first: this takes the CPU for a few minutes per file.
 `--real SPEC ...` adds real sequences with ground truth (the `spark3r eval` specs, e.g. the SUN3D fragments in
 ../shared/data): their mean depth AbsRel and relative rotation, next to a constant depth's and identity's. Synthetic
 scores alone picked a checkpoint whose depth on real frames was worse than a constant (session 12).
+
+`A+B+C` scores the uniform average of those checkpoints (what `spark3r train --ship A B C` ships).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -35,8 +38,12 @@ def score(
     weights: str, num_pairs: int, num_sequences: int, num_frames: int, real: Sequence[GroundTruthSequence] = ()
 ) -> dict[str, float | str]:
     from spark3r_stream.models.loading import load_model
+    from spark3r_stream.train.trainer import average_weights
 
-    model = load_model("vggt-tiny", weights=weights)
+    paths = weights.split("+")
+    model = load_model("vggt-tiny", weights=paths[0])
+    if len(paths) > 1:
+        model.load_state_dict(average_weights([Path(path) for path in paths]))
     pairs = held_out_pair_errors(model, num_pairs=num_pairs)
     rows = [
         evaluate_model(model, sequence)
@@ -59,7 +66,9 @@ _REAL_KEYS = ("depth_abs_rel_median", "mean_relative_rotation_error_deg")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spark3r_stream.train.pick", description=__doc__.split("\n")[0])
-    parser.add_argument("weights", nargs="+", help="safetensors files (the shipped one first, for reference)")
+    parser.add_argument(
+        "weights", nargs="+", help="safetensors files (the shipped one first, for reference); A+B: their average"
+    )
     parser.add_argument("--pairs", type=int, default=160)
     parser.add_argument("--sequences", type=int, default=4, help="held-out sequences per camera path")
     parser.add_argument("--frames", type=int, default=16)

@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from spark3r_stream.errors import ConfigError
+from spark3r_stream.errors import CheckpointError, ConfigError
 from spark3r_stream.models import build_model, load_weights
 from spark3r_stream.models.registry import get_preset, packaged_weights_path
 from spark3r_stream.train.data import Batch, MotionRange, ScenePool, make_batch
@@ -218,17 +219,36 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
     save_file(state, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
 
 
-def ship_weights(weights: Path, preset: str) -> Path:
-    """Copy trained weights into the package as the preset's shipped file, in float16 (half the size; they load into
-    float32 parameters), keeping the training step in the metadata so training can resume from them."""
+def average_weights(paths: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """The uniform average of checkpoints of one run (a "model soup"; Wortsman et al. 2022), in float32: late
+    checkpoints of one run lie in one basin, and their mean is often better on held-out data than any one of them."""
+    from safetensors.torch import load_file
+
+    states = [load_file(str(path)) for path in paths]
+    for path, state in zip(paths[1:], states[1:], strict=True):
+        if state.keys() != states[0].keys() or any(state[k].shape != v.shape for k, v in states[0].items()):
+            raise CheckpointError(
+                f"{path}: its tensors differ from {paths[0]}'s; only checkpoints of one model average"
+            )
+    return {
+        key: torch.stack([state[key].float() for state in states]).mean(0) if value.is_floating_point() else value
+        for key, value in states[0].items()
+    }
+
+
+def ship_weights(weights: Path | Sequence[Path], preset: str) -> Path:
+    """Copy trained weights (or the average of several checkpoints) into the package as the preset's shipped file,
+    in float16 (half the size; they load into float32 parameters), keeping the latest training step in the metadata so
+    training can resume from them."""
     target = packaged_weights_path(get_preset(preset))
     if target is None:
         raise ConfigError(f"preset {preset!r} ships no weights")
-    from safetensors.torch import load_file
-
-    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    step = json.loads(safe_open_metadata(weights).get("step", "0"))
-    metadata = {"step": step, "preset": preset, "storage": "float16 (loaded into float32 parameters)"}
+    paths = [weights] if isinstance(weights, Path) else list(weights)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in average_weights(paths).items()}
+    steps = [json.loads(safe_open_metadata(path).get("step", "0")) for path in paths]
+    metadata = {"step": max(steps), "preset": preset, "storage": "float16 (loaded into float32 parameters)"}
+    if len(paths) > 1:
+        metadata["averaged_steps"] = steps
     save_file(state, str(target), metadata={k: json.dumps(v) for k, v in metadata.items()})
     return target
 

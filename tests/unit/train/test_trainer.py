@@ -242,6 +242,34 @@ def test_curve_table_reads_the_training_log(tmp_path, capsys):
     assert "| step | lr | corr_ratio |" in out and "| 200 | 0.001 | 0.8 |" in out and "| 50 |" not in out
 
 
+def test_ship_weights_averages_several_checkpoints_and_refuses_another_model(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from spark3r_stream.errors import CheckpointError
+    from spark3r_stream.train import trainer
+
+    models = [build_model("vggt-tiny", random_weights=True) for _ in range(2)]
+    with torch.no_grad():
+        models[1].camera_head.embed_pose.weight.add_(1.0)
+    paths = [tmp_path / f"weights_{step}.safetensors" for step in (5, 9)]
+    for model, path, step in zip(models, paths, (5, 9), strict=True):
+        trainer.save_weights(model, path, {"step": step, "preset": "vggt-tiny"})
+    target = tmp_path / "vggt-tiny.safetensors"
+    monkeypatch.setattr(trainer, "packaged_weights_path", lambda preset: target)
+    trainer.ship_weights(paths, "vggt-tiny")
+    with safe_open(str(target), "pt") as handle:
+        assert json.loads(handle.metadata()["step"]) == 9  # training resumes after the latest of them
+        assert json.loads(handle.metadata()["averaged_steps"]) == [5, 9]
+        shipped = handle.get_tensor("camera_head.embed_pose.weight").float()
+    mean = (models[0].camera_head.embed_pose.weight + 0.5).detach()
+    torch.testing.assert_close(shipped, mean.half().float())
+
+    other = tmp_path / "other.safetensors"
+    trainer.save_weights(torch.nn.Linear(2, 2), other)
+    with pytest.raises(CheckpointError, match="other.safetensors: its tensors differ"):
+        trainer.average_weights([paths[0], other])
+
+
 def test_pick_scores_the_shipped_weights(capsys):
     from pathlib import Path
 
@@ -250,8 +278,10 @@ def test_pick_scores_the_shipped_weights(capsys):
 
     weights = str(Path(spark3r_stream.models.__file__).parent / "weights" / "vggt-tiny.safetensors")
     real = "synth:seed=900123,frames=4"  # any `spark3r eval` spec with ground truth, as the real folders
-    assert pick.main([weights, "--pairs", "2", "--sequences", "1", "--frames", "4", "--real", real]) == 0
+    soup = f"{weights}+{weights}"  # the average of a checkpoint with itself scores as the checkpoint
+    assert pick.main([weights, soup, "--pairs", "2", "--sequences", "1", "--frames", "4", "--real", real]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("real sequences: 1; constant depth AbsRel") and "real: AbsRel" in out[1]
-    row = out[-1].split("|")
-    assert row[1].strip() == weights and len(row) == 10 and all(float(cell) > 0 for cell in row[2:-1])
+    rows = [line.split("|") for line in out[-2:]]
+    assert rows[0][1].strip() == weights and len(rows[0]) == 10 and all(float(cell) > 0 for cell in rows[0][2:-1])
+    assert rows[1][1].strip() == soup and rows[1][2:] == rows[0][2:]
