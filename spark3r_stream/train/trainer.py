@@ -126,7 +126,13 @@ class TrainConfig:
     warmup_steps: int = 100
     # cosine decay to 5 % of the stage's peak inside each (start, end) window; constant peak outside (the run was
     # extended in parts: each part ends decayed, so that its last checkpoint is a candidate to ship)
-    decay_windows: tuple[tuple[int, int], ...] = ((6_750, 9_000), (9_750, 10_750), (11_500, 12_500), (13_000, 14_000), (14_250, 15_000))
+    decay_windows: tuple[tuple[int, int], ...] = (
+        (6_750, 9_000),
+        (9_750, 10_750),
+        (11_500, 12_500),
+        (13_000, 14_000),
+        (14_250, 15_000),
+    )
     grad_clip: float = 5.0  # 1.0 stalls learning (research/tiny_model_training.md)
     camera_weight: float = 5.0
     depth_weight: float = 1.0
@@ -170,7 +176,7 @@ class TrainConfig:
         replace(MORE_PAIRS, start_step=12_500, depth_weight=2.0),
         # Pairs reached 0.63x identity by 14,000 while 16-frame rotation gave back 0.2 deg and real-frame depth fell
         # to a constant's; averaging 10,750 and 14,000 kept the best of both (session13_candidates.md). A short
-        # stage weighted to 16-frame clips at a lower lr, to average with them.
+        # stage weighted to 16-frame clips at a lower lr, to average with them (the 10,750 + 15,000 average ships).
         replace(
             MIXED_CLIPS,
             start_step=14_000,
