@@ -240,6 +240,8 @@ def average_weights(paths: Sequence[Path]) -> dict[str, torch.Tensor]:
     checkpoints of one run lie in one basin, and their mean is often better on held-out data than any one of them."""
     from safetensors.torch import load_file
 
+    if missing := [str(path) for path in paths if not Path(path).is_file()]:
+        raise CheckpointError(f"{', '.join(missing)}: no such checkpoint file")
     states = [load_file(str(path)) for path in paths]
     for path, state in zip(paths[1:], states[1:], strict=True):
         if state.keys() != states[0].keys() or any(state[k].shape != v.shape for k, v in states[0].items()):

@@ -268,6 +268,8 @@ def test_ship_weights_averages_several_checkpoints_and_refuses_another_model(tmp
     trainer.save_weights(torch.nn.Linear(2, 2), other)
     with pytest.raises(CheckpointError, match="other.safetensors: its tensors differ"):
         trainer.average_weights([paths[0], other])
+    with pytest.raises(CheckpointError, match="nowhere.safetensors: no such checkpoint file"):
+        trainer.average_weights([paths[0], tmp_path / "nowhere.safetensors"])
 
 
 def test_pick_scores_the_shipped_weights(capsys):
