@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 
 NUM_FRAMES = 40
 # The shipped vggt-tiny (the average of steps 10,750 and 15,000) with the back end scores ATE/extent 0.024 and 0.06x
-# the constant trajectory's ATE on this 40-frame demo (session 13); the bounds leave a 3x margin. A degenerate estimate (every camera at one
-# point) scores exactly the constant-trajectory ATE (1.0x) and fails the second bound.
+# the constant trajectory's ATE on this 40-frame demo (session 13); the bounds leave a 3x margin. A degenerate
+# estimate (every camera at one point) scores exactly the constant-trajectory ATE (1.0x) and fails the second bound.
 ATE_OVER_EXTENT_BOUND = 0.08
 ATE_OVER_CONSTANT_BOUND = 0.25
 
